@@ -1,0 +1,33 @@
+# cci-local: `make demo` and `make test` are the two set-up commands; each works as
+# the first command on a fresh machine (it creates .venv and installs what it needs).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORPUS ?= ../shared/data/reddit/keto_nutrition_2022
+DEMO_DB ?= demo.db
+
+.PHONY: install demo test bench lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: install
+	$(BIN)/cci-local --db $(DEMO_DB) ingest $(CORPUS)
+	$(BIN)/cci-local --db $(DEMO_DB) status
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/bench_ingest.py
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm

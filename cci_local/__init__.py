@@ -1,0 +1,3 @@
+"""cci-local: local-first Community-Cross-Instruct."""
+
+__version__ = "0.1.0"

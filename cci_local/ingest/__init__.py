@@ -1,0 +1,383 @@
+"""Ingest: corpus files -> the ``documents`` table.
+
+``ingest(db, paths)`` is the stage's entry point.  It streams every record,
+cleans and pseudonymises it, and inserts documents in batches, one transaction
+per batch, so a crash or Ctrl-C loses at most the batch in flight and a re-run
+picks up where it stopped (documents are keyed by their Reddit id, or by a hash
+of community + text when the export has no id, and inserted with OR IGNORE).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import queue
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlite_utils
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.text import Text
+
+from ..store import ensure_community, normalise_community, pseudonym_key
+from .clean import CleanOptions, Pseudonymiser
+from .readers import (
+    FORMATS,
+    BadSource,
+    open_csv,
+    open_decompressed,
+    read_csv,
+    read_ndjson,
+    read_reddit_json,
+    sniff_format,
+)
+from .records import Converter, convert_chunk, convert_chunk_in_worker, init_worker, insert_sql
+
+__all__ = ["ingest", "IngestReport", "SourceReport", "BadInput", "CleanOptions", "FORMATS"]
+
+BATCH = 5000  # documents per transaction
+CHUNK_RECORDS = 1000  # records per conversion task
+PARALLEL_MIN_BYTES = 8 << 20
+INFLIGHT = 16  # chunks queued for the workers: keeps them busy while the store writes
+MAX_STORED_ERRORS = 1000  # per source, in ingest_errors
+SHOWN_ERRORS = 5
+
+
+class BadInput(Exception):
+    """Input the user must fix (exit code 2); what was stored before stays stored."""
+
+
+@dataclass
+class SourceReport:
+    path: str
+    format: str = ""
+    compression: str = ""
+    layout: str = ""
+    status: str = "ingested"
+    records: int = 0
+    added: int = 0
+    bad: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def duplicates(self) -> int:
+        kept = self.records - self.bad - sum(self.dropped.values())
+        return kept - self.added
+
+    def error_lines(self) -> list[str]:
+        unit = "item " if self.format == "reddit-json" else ""
+        return [f"{self.path}:{unit}{line}: {reason}" for line, reason in self.errors]
+
+
+@dataclass
+class IngestReport:
+    sources: list[SourceReport] = field(default_factory=list)
+
+    def total(self, attr: str) -> int:
+        return sum(getattr(s, attr) for s in self.sources)
+
+
+@dataclass
+class _Plan:
+    path: Path
+    shown: str
+    format: str
+
+
+def _fingerprint(path: Path) -> tuple[str, int]:
+    """Cheap identity of a file's content: its size, first and last MiB."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        h.update(fh.read(1 << 20))
+        if size > 2 << 20:
+            fh.seek(-(1 << 20), 2)
+            h.update(fh.read())
+    return h.hexdigest()[:32], size
+
+
+def _detect(path: Path, fmt: str) -> str:
+    stream, raw, _ = open_decompressed(path)
+    try:
+        detected = sniff_format(stream) if fmt == "auto" else fmt
+        if detected == "csv":
+            open_csv(stream)  # raises BadSource when no text column can be found
+        return detected
+    except (OSError, EOFError) as e:
+        raise BadSource(f"cannot read: {e}") from e
+    finally:
+        raw.close()
+
+
+def plan_sources(paths: list[str], fmt: str = "auto") -> tuple[list[_Plan], list[SourceReport]]:
+    """Expand directories and tell each file's format before anything is stored.
+
+    A file named on the command line that is not a corpus is an error (BadInput);
+    inside a directory it is skipped and reported."""
+    plans, skipped = [], []
+    for arg in paths:
+        path = Path(arg)
+        if not path.exists():
+            raise BadInput(f"{arg}: no such file or directory")
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not files:
+                raise BadInput(f"{arg}: the directory holds no files")
+            for file in files:
+                try:
+                    plans.append(_Plan(file, str(file), _detect(file, fmt)))
+                except BadSource as e:
+                    skipped.append(SourceReport(str(file), status=f"skipped: {e}"))
+        else:
+            try:
+                plans.append(_Plan(path, arg, _detect(path, fmt)))
+            except BadSource as e:
+                raise BadInput(f"{arg}: {e}") from e
+    if not plans:
+        raise BadInput(f"no corpus file found in {', '.join(paths)} "
+                       "(expected NDJSON/.zst/.gz dumps, CSV exports or Reddit JSON)")
+    return plans, skipped
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        docs = task.fields.get("docs", 0)
+        rate = docs / task.elapsed if task.elapsed else 0
+        return Text(f"{docs:,} docs {rate:,.0f}/s", style="progress.data.speed")
+
+
+def ingest(
+    db: sqlite_utils.Database,
+    paths: list[str],
+    *,
+    community: str | None = None,
+    fmt: str = "auto",
+    strict: bool = False,
+    limit: int | None = None,
+    force: bool = False,
+    options: CleanOptions | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> IngestReport:
+    """Read every corpus file under ``paths`` into the store's documents table.
+
+    ``workers``: processes that parse and clean records (default: one per core, at
+    most 8); the main process reads, decompresses and writes to the store.  Files
+    under PARALLEL_MIN_BYTES are done in-process: starting workers costs more."""
+    if fmt != "auto" and fmt not in FORMATS:
+        raise BadInput(f"unknown format {fmt!r}: use auto, {', '.join(FORMATS)}")
+    plans, skipped = plan_sources(paths, fmt)
+    wanted = normalise_community(community) if community else None
+    convert = Converter(Pseudonymiser(pseudonym_key(db)), options or CleanOptions(), wanted,
+                        stop_at_bad=strict)
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    report = IngestReport(sources=list(skipped))
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+               TransferSpeedColumn(), _RateColumn(), TimeRemainingColumn())
+    big = [p for p in plans if p.path.stat().st_size >= PARALLEL_MIN_BYTES]
+    pool = _start_pool(workers, convert) if big and workers > 1 else None
+    try:
+        with Progress(*columns, disable=not progress, transient=False) as bar:
+            for plan in plans:
+                size = plan.path.stat().st_size
+                task = bar.add_task(Path(plan.shown).name[:40], total=size, docs=0)
+                source_report = SourceReport(plan.shown, format=plan.format)
+                report.sources.append(source_report)
+                _ingest_source(db, plan, convert, source_report, strict=strict, limit=limit,
+                               force=force, bar=bar, task=task,
+                               pool=pool if plan in big else None)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return report
+
+
+def _start_pool(workers: int, convert: Converter) -> ProcessPoolExecutor:
+    """Worker processes for conversion, all started now, before any other thread
+    (the progress display's) exists: on Linux they are forked, which is fast and
+    needs no importable __main__; elsewhere they are spawned."""
+    method = "fork" if sys.platform == "linux" else "spawn"
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                               initializer=init_worker, initargs=(convert,))
+    for future in [pool.submit(os.getpid) for _ in range(workers)]:
+        future.result()
+    return pool
+
+
+def _chunks(triples, limit: int | None):
+    """Group reader triples into conversion tasks (NDJSON comes in blocks already)."""
+    chunk = []
+    seen = 0
+    for triple in triples:
+        if limit is not None and seen >= limit:
+            break
+        seen += 1
+        chunk.append(triple)
+        if len(chunk) == CHUNK_RECORDS:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _converted(chunks, convert: Converter, pool: ProcessPoolExecutor | None):
+    """Convert chunks in order: in-process, or on the pool.
+
+    With a pool, a feeder thread reads, decompresses and submits chunks while the
+    caller writes to the store (SQLite releases the GIL while it works); the queue
+    of chunks in flight is bounded, so memory stays flat however large the file."""
+    if pool is None:
+        for chunk in chunks:
+            yield convert_chunk(convert, chunk)
+        return
+    inflight: queue.Queue = queue.Queue(maxsize=INFLIGHT)
+    stop = threading.Event()
+
+    def feed() -> None:
+        try:
+            for chunk in chunks:
+                if stop.is_set():
+                    return
+                inflight.put(pool.submit(convert_chunk_in_worker, chunk))
+        except BaseException as e:  # handed to the consumer, raised there
+            inflight.put(e)
+            return
+        inflight.put(None)
+
+    feeder = threading.Thread(target=feed, name="cci-local-ingest-reader", daemon=True)
+    feeder.start()
+    try:
+        while (item := inflight.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item.result()
+    finally:
+        stop.set()
+        while feeder.is_alive() or not inflight.empty():  # unblock and cancel the rest
+            try:
+                item = inflight.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if isinstance(item, Future):
+                item.cancel()
+        feeder.join()
+
+
+def _ingest_source(db, plan: _Plan, convert: Converter, rep: SourceReport, *, strict: bool,
+                   limit: int | None, force: bool, bar: Progress, task, pool) -> None:
+    conn = db.conn
+    started = time.monotonic()
+    fingerprint, size = _fingerprint(plan.path)
+    resolved = str(plan.path.resolve())
+    row = conn.execute("SELECT id, complete FROM sources WHERE path = ? AND fingerprint = ?",
+                       [resolved, fingerprint]).fetchone()
+    if row and row[1] and not force:
+        rep.status = "already ingested (--force re-reads it)"
+        bar.update(task, completed=size)
+        return
+    if row:
+        source_id = row[0]
+    else:
+        source_id = conn.execute(
+            "INSERT INTO sources (path, fingerprint, size, format, started_at) VALUES (?,?,?,?,?)",
+            [resolved, fingerprint, size, plan.format, time.time()]).lastrowid
+        conn.commit()
+
+    stream, raw, rep.compression = open_decompressed(plan.path)
+    canonical: set[str] = set()  # community names as the store spells them
+    rename: dict[str, str] = {}  # other spellings ('Keto') -> the stored one ('keto')
+    batch: list[tuple] = []
+    sql = insert_sql(source_id)
+    new_errors: list[tuple] = []
+    stored_errors = conn.execute("SELECT count(*) FROM ingest_errors WHERE source_id = ?",
+                                 [source_id]).fetchone()[0]
+    added_at_last_flush = 0
+
+    def flush(complete: bool = False) -> None:
+        nonlocal stored_errors, added_at_last_flush
+        if batch:
+            rep.added += conn.executemany(sql, batch).rowcount
+            batch.clear()
+        if new_errors:
+            room = max(0, MAX_STORED_ERRORS - stored_errors)
+            conn.executemany("INSERT INTO ingest_errors (source_id, line, reason) VALUES (?,?,?)",
+                             new_errors[:room])
+            stored_errors += min(room, len(new_errors))
+            new_errors.clear()
+        conn.execute(
+            "UPDATE sources SET records = ?, added = added + ?, bad = ?, complete = ?,"
+            " finished_at = ? WHERE id = ?",
+            [rep.records, rep.added - added_at_last_flush, rep.bad, int(complete),
+             time.time() if complete else None, source_id])
+        added_at_last_flush = rep.added
+        conn.commit()
+        bar.update(task, completed=size if raw.closed else raw.tell(), docs=rep.added)
+
+    results = None
+    try:
+        if plan.format == "ndjson":
+            chunks = read_ndjson(stream, limit)
+        elif plan.format == "csv":
+            reader, layout, _ = open_csv(stream)
+            rep.layout = layout.describe()
+            chunks = _chunks(read_csv(reader, layout), limit)
+        else:
+            chunks = _chunks(read_reddit_json(stream), limit)
+        results = _converted(chunks, convert, pool)
+        for rows, dropped, bad, n in results:
+            spellings = {row[0] for row in rows}
+            if not spellings <= canonical:  # a new community, or another spelling of one
+                for spelling in spellings - canonical:
+                    stored = ensure_community(db, spelling)
+                    if stored == spelling:
+                        canonical.add(spelling)
+                    else:
+                        rename[spelling] = stored
+                rows = [(rename[r[0]], *r[1:]) if r[0] in rename else r for r in rows]
+            batch.extend(rows)
+            rep.records += n
+            rep.dropped.update(dropped)
+            if bad:
+                rep.bad += len(bad)
+                new_errors.extend((source_id, line, error) for line, error in bad)
+                rep.errors.extend(bad[: max(0, SHOWN_ERRORS - len(rep.errors))])
+                if strict:  # the chunk stopped at its first malformed record
+                    flush()
+                    line, error = bad[0]
+                    unit = "item " if plan.format == "reddit-json" else ""
+                    raise BadInput(f"{plan.shown}:{unit}{line}: {error} (--strict: stopped here; "
+                                   f"{rep.added:,} documents from this file are stored)")
+            if len(batch) >= BATCH:
+                flush()
+        flush(complete=True)
+    except BadSource as e:
+        flush()
+        raise BadInput(f"{plan.shown}: {e}") from e
+    except BaseException:
+        # Ctrl-C or a crash: keep what was converted so far; the source stays
+        # incomplete and the next run re-reads it, adding only what is missing.
+        flush()
+        raise
+    finally:
+        if results is not None:
+            results.close()  # stops the feeder thread before the file is closed
+        raw.close()
+        rep.seconds = time.monotonic() - started

@@ -1,0 +1,384 @@
+"""Opening and reading corpus files: compression and format are told from the content.
+
+Every reader yields ``(line, record, error)`` triples: ``line`` is where the
+record starts in the (decompressed) file (for Reddit JSON listings it is the
+item's ordinal), ``record`` a dict with canonical keys, or ``None`` with
+``error`` saying what was wrong.  NDJSON is the exception: for speed on large
+dumps it comes as blocks of raw lines, parsed during conversion.  Readers never
+raise for a bad record; they raise ``BadSource`` only when the file as a whole
+cannot be read as a corpus.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import io
+import lzma
+import re
+import sys
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import zstandard
+
+FORMATS = ("ndjson", "csv", "reddit-json")
+# Arctic Shift and Pushshift dumps are written with `zstd --long=31`.
+ZSTD_MAX_WINDOW = 2**31
+CHUNK = 1 << 16
+
+Triple = tuple[int, "dict | None", "str | None"]
+
+
+class BadSource(Exception):
+    """The file cannot be read as a corpus (wrong format, no text column, ...)."""
+
+
+class TruncatedInput(Exception):
+    """A compressed stream ended before its end-of-stream marker."""
+
+
+class _DecompressRaw(io.RawIOBase):
+    """Streaming decompression that notices truncated input and reads concatenated
+    frames/members.  Built on the libraries' one-shot decompressor objects (they all
+    offer ``decompress``, ``eof`` and ``unused_data``) because python-zstandard's
+    stream_reader silently stops at a cut, and gzip.GzipFile raises without giving
+    back the data it decompressed before the cut."""
+
+    def __init__(self, fh, new_decompressor, name: str):
+        self._fh = fh
+        self._new = new_decompressor
+        self._name = name
+        self._obj = new_decompressor()
+        self._fed = False
+        self._pending = memoryview(b"")
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _decompress(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            self._fed = True
+            out.append(self._obj.decompress(data))
+            data = b""
+            if self._obj.eof:  # a frame/member ended; another may follow
+                data = self._obj.unused_data
+                self._obj = self._new()
+                self._fed = False
+                if not data.strip(b"\x00"):  # trailing padding, not a new frame
+                    data = b""
+        return b"".join(out)
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            if self._done:
+                return 0
+            chunk = self._fh.read(CHUNK)
+            if not chunk:
+                self._done = True
+                if self._fed:
+                    raise TruncatedInput(
+                        f"{self._name} stream ends in the middle (truncated file?)")
+                return 0
+            try:
+                self._pending = memoryview(self._decompress(chunk))
+            except (zstandard.ZstdError, zlib.error, OSError, lzma.LZMAError, EOFError) as e:
+                self._done = True
+                raise TruncatedInput(f"{self._name} data is corrupt: {e}") from e
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+_ZSTD = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
+_DECOMPRESSORS = {
+    b"\x28\xb5\x2f\xfd": ("zstd", _ZSTD.decompressobj),
+    b"\x1f\x8b": ("gzip", lambda: zlib.decompressobj(wbits=31)),
+    b"BZh": ("bz2", bz2.BZ2Decompressor),
+    b"\xfd7zXZ\x00": ("xz", lzma.LZMADecompressor),
+}
+
+
+def open_decompressed(path: Path) -> tuple[io.BufferedReader, object, str]:
+    """Open ``path`` and undo its compression, told by magic bytes, not by extension.
+
+    Returns (decompressed stream, raw file object for progress, compression name)."""
+    raw = open(path, "rb")  # noqa: SIM115 - handed to the caller
+    magic = raw.read(6)
+    raw.seek(0)
+    for prefix, (name, new) in _DECOMPRESSORS.items():
+        if magic.startswith(prefix):
+            return io.BufferedReader(_DecompressRaw(raw, new, name), 1 << 16), raw, name
+    return io.BufferedReader(raw, 1 << 16), raw, "none"
+
+
+def sniff_format(stream: io.BufferedReader) -> str:
+    """Tell NDJSON, Reddit JSON listings and CSV apart from the first bytes."""
+    try:
+        head = stream.peek(1 << 16)[: 1 << 16]
+    except (TruncatedInput, EOFError, OSError) as e:
+        raise BadSource(f"cannot read the start of the file: {e}") from e
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not text:
+        raise BadSource("the file is empty")
+    if b"\x00" in head:
+        raise BadSource("this is a binary file, not a corpus (expected NDJSON, CSV or Reddit JSON)")
+    if text[:1] == b"[":
+        return "reddit-json"
+    if text[:1] == b"{":
+        first_line = text.split(b"\n", 1)[0]
+        try:
+            first = orjson.loads(first_line)
+        except orjson.JSONDecodeError:
+            return "reddit-json"  # one JSON document spread over lines
+        if isinstance(first, dict) and (first.get("kind") == "Listing" or "data" in first):
+            return "reddit-json"
+        return "ndjson"
+    return "csv"
+
+
+# --------------------------------------------------------------------------- NDJSON
+
+
+@dataclass
+class LineBlock:
+    """Whole NDJSON lines, undecoded: one unit of conversion work.  Shipping a block
+    of bytes to a worker costs far less than shipping a Python object per line."""
+
+    first_line: int
+    data: bytes
+
+
+NDJSON_BLOCK = 1 << 20
+
+
+def read_ndjson(stream: io.BufferedReader, limit: int | None = None,
+                block_size: int | None = None) -> Iterator[LineBlock | list[Triple]]:
+    """Cut the stream into blocks of whole lines (at most ``limit`` lines).  A read
+    error (truncated or corrupt compressed data) ends the file with a one-triple
+    list naming the line where reading stopped."""
+    block_size = block_size or NDJSON_BLOCK
+    line_no, carry, left = 1, b"", limit
+    while True:
+        parts, size, error, eof = [carry], len(carry), None, False
+        try:
+            while size < block_size or b"\n" not in parts[-1] and len(parts) > 1:
+                data = stream.read1(block_size)
+                if not data:
+                    eof = True
+                    break
+                parts.append(data)
+                size += len(data)
+        except (TruncatedInput, EOFError, OSError, lzma.LZMAError) as e:
+            error, eof = e, True
+        buf = b"".join(parts)
+        cut = len(buf) if eof else buf.rfind(b"\n") + 1
+        block, carry = buf[:cut], buf[cut:]
+        lines = block.count(b"\n") + (1 if block and not block.endswith(b"\n") else 0)
+        if left is not None and lines >= left:
+            end = -1
+            for _ in range(left):
+                end = block.find(b"\n", end + 1)
+                if end < 0:
+                    break
+            block = block[: end + 1] if end >= 0 else block
+            lines, eof, error = left, True, None
+        if block:
+            yield LineBlock(line_no, block)
+        line_no += lines
+        if left is not None:
+            left -= lines
+        if error is not None:
+            yield [(line_no, None, _truncation_message(error))]
+        if eof:
+            return
+
+
+def parse_ndjson(line: bytes, terminated: bool = True) -> tuple[dict | None, str | None]:
+    """(record, None) or (None, what is wrong with the line)."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError as e:
+        return None, _json_error(str(e), terminated)
+    if not isinstance(record, dict):
+        return None, f"expected a JSON object, got {_json_type(record)}"
+    return record, None
+
+
+def _json_error(message: str, terminated: bool) -> str:
+    if "UTF-8" in message:
+        return "invalid UTF-8 in record"
+    if not terminated and "unexpected end" in message:
+        return "record cut off at end of file (truncated file?)"
+    return f"invalid JSON: {message}"
+
+
+def _truncation_message(e: Exception) -> str:
+    if isinstance(e, TruncatedInput):
+        return str(e)
+    if isinstance(e, EOFError):
+        return "compressed stream ends before its end marker (truncated file?)"
+    return f"compressed data is corrupt: {e}"
+
+
+def _json_type(value) -> str:
+    return {list: "an array", str: "a string", int: "a number", float: "a number",
+            bool: "a boolean", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+# --------------------------------------------------------------------------- CSV
+
+# Canonical field -> header names seen in the wild (lower case), best first.
+CSV_COLUMNS: dict[str, tuple[str, ...]] = {
+    "body": ("body", "comment_body", "text", "content", "comment", "message", "post_text",
+             "full_text", "clean_text", "post"),
+    "title": ("title", "post_title", "submission_title"),
+    "selftext": ("selftext", "self_text", "post_body", "submission_text"),
+    "subreddit": ("subreddit", "subreddit_name", "community", "sub", "group"),
+    "id": ("id", "comment_id", "post_id", "submission_id", "name"),
+    "created_utc": ("created_utc", "created", "timestamp", "created_at", "date", "time"),
+    "author": ("author", "username", "user", "author_name", "user_name"),
+    "score": ("score", "ups", "upvotes"),
+    "link_id": ("link_id", "submission_id", "thread_id"),
+    "parent_id": ("parent_id", "parent"),
+}
+
+
+@dataclass
+class CsvLayout:
+    delimiter: str
+    columns: dict[str, int] = field(default_factory=dict)  # canonical -> column index
+    header: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        def name(key):
+            return self.header[self.columns[key]]
+
+        if "body" in self.columns:
+            text = f"text from '{name('body')}'"
+        elif "selftext" in self.columns:
+            text = f"text from '{name('title')}' + '{name('selftext')}'"
+        else:
+            text = f"text from '{name('title')}'"
+        community = (f"community from '{name('subreddit')}'" if "subreddit" in self.columns
+                     else "no community column")
+        return f"{text}, {community}"
+
+
+def csv_layout(header: list[str], delimiter: str) -> CsvLayout:
+    low = [h.strip().lower().lstrip("\ufeff") for h in header]
+    layout = CsvLayout(delimiter=delimiter, header=[h.strip().lstrip("\ufeff") for h in header])
+    taken: set[int] = set()
+    for key, names in CSV_COLUMNS.items():
+        for candidate in names:
+            if candidate in low and low.index(candidate) not in taken:
+                layout.columns[key] = low.index(candidate)
+                taken.add(low.index(candidate))
+                break
+    if "title" in layout.columns and "body" in layout.columns and "selftext" not in layout.columns:
+        # A submissions export that calls its self text 'text' or 'body'.
+        layout.columns["selftext"] = layout.columns.pop("body")
+    if not ({"body", "title", "selftext"} & layout.columns.keys()):
+        expected = ", ".join(CSV_COLUMNS["body"][:5] + CSV_COLUMNS["title"][:1]
+                             + CSV_COLUMNS["selftext"][:1])
+        raise BadSource(
+            f"no text column among {layout.header[:12]}; expected one of: {expected} "
+            "(rename the column, or convert the file to NDJSON with a 'body' field)"
+        )
+    return layout
+
+
+def _detect_delimiter(first_line: str) -> str:
+    counts = {d: first_line.count(d) for d in (",", "\t", ";", "|")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
+def open_csv(stream: io.BufferedReader) -> tuple[Iterator[list[str]], CsvLayout, object]:
+    text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    first = text.readline()
+    delimiter = _detect_delimiter(first)
+    header = next(csv.reader([first], delimiter=delimiter), [])
+    reader = csv.reader(text, delimiter=delimiter)
+    return reader, csv_layout(header, delimiter), text
+
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def read_csv(reader, layout: CsvLayout) -> Iterator[Triple]:
+    columns = layout.columns.items()
+    width = len(layout.header)
+    line_no = 1  # the header
+    try:
+        for row in reader:
+            start = line_no + 1
+            line_no = reader.line_num + 1
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != width:
+                yield start, None, f"expected {width} columns, found {len(row)}"
+                continue
+            record = {}
+            for key, index in columns:
+                value = row[index]
+                if _SURROGATE.search(value):
+                    record = None
+                    break
+                record[key] = value
+            if record is None:
+                yield start, None, "invalid UTF-8 in record"
+                continue
+            yield start, record, None
+    except (TruncatedInput, EOFError, OSError, lzma.LZMAError) as e:
+        yield line_no + 1, None, _truncation_message(e)
+    except csv.Error as e:
+        yield line_no + 1, None, f"unreadable CSV from here on: {e}"
+
+
+# --------------------------------------------------------------------------- Reddit JSON
+
+
+def read_reddit_json(stream: io.BufferedReader) -> Iterator[Triple]:
+    """Reddit's own listings (``/comments/ID.json``: [post listing, comment listing]
+    with nested ``replies``), subreddit listings, or ``{"data": [...]}`` API pages."""
+    try:
+        document = orjson.loads(stream.read())
+    except orjson.JSONDecodeError as e:
+        raise BadSource(f"not valid JSON: {_json_error(str(e), True)}") from e
+    except (TruncatedInput, EOFError, OSError, lzma.LZMAError) as e:
+        raise BadSource(_truncation_message(e)) from e
+    ordinal = 0
+    for kind, item in _walk(document):
+        ordinal += 1
+        if not isinstance(item, dict):
+            yield ordinal, None, f"expected a JSON object for a {kind}, got {_json_type(item)}"
+            continue
+        yield ordinal, item, None
+
+
+def _walk(node) -> Iterator[tuple[str, object]]:
+    if isinstance(node, list):
+        for child in node:
+            yield from _walk(child)
+        return
+    if not isinstance(node, dict):
+        return
+    kind = node.get("kind")
+    data = node.get("data")
+    if kind == "Listing" and isinstance(data, dict):
+        yield from _walk(data.get("children") or [])
+    elif kind in ("t1", "t3"):
+        yield ("comment" if kind == "t1" else "submission"), data
+        if isinstance(data, dict) and isinstance(data.get("replies"), dict):
+            yield from _walk(data["replies"])
+    elif kind is None and isinstance(data, list):  # Arctic Shift API page
+        for item in data:
+            yield "record", item

@@ -1,0 +1,205 @@
+"""The store: one SQLite file holding everything cci-local knows.
+
+The schema is versioned with ``PRAGMA user_version``.  Each entry of
+``MIGRATIONS`` takes the store from version N-1 to N; opening a store written by
+an older cci-local runs the missing migrations in place, each in its own
+transaction, so a crash mid-upgrade leaves the store at the last good version.
+Later stages add tables by appending a migration, never by editing an old one.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlite_utils
+
+DEFAULT_DB = "cci-local.db"
+ENV_DB = "CCI_LOCAL_DB"
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used as asked."""
+
+
+def _v1_documents(db: sqlite_utils.Database) -> None:
+    # Plain SQL, not sqlite-utils' create(): it commits on its own, which would
+    # break the one-transaction-per-migration rule.
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    db.execute("CREATE TABLE communities (name TEXT PRIMARY KEY NOT NULL, first_seen REAL)")
+    db.execute(
+        "CREATE TABLE sources ("
+        " id INTEGER PRIMARY KEY,"
+        " path TEXT NOT NULL,"
+        " fingerprint TEXT NOT NULL,"
+        " size INTEGER,"
+        " format TEXT,"
+        " started_at REAL,"
+        " finished_at REAL,"
+        " complete INTEGER NOT NULL DEFAULT 0,"
+        " records INTEGER NOT NULL DEFAULT 0,"
+        " added INTEGER NOT NULL DEFAULT 0,"
+        " bad INTEGER NOT NULL DEFAULT 0,"
+        " UNIQUE (path, fingerprint))"
+    )
+    db.execute(
+        "CREATE TABLE documents ("
+        " id TEXT PRIMARY KEY,"
+        " community TEXT NOT NULL REFERENCES communities(name),"
+        " kind TEXT NOT NULL CHECK (kind IN ('comment', 'submission')),"
+        " text TEXT NOT NULL,"
+        " created_utc INTEGER,"
+        " score INTEGER,"
+        " link_id TEXT,"
+        " parent_id TEXT,"
+        " author TEXT,"
+        " source_id INTEGER REFERENCES sources(id),"
+        " source_line INTEGER)"
+    )
+    db.execute("CREATE INDEX idx_documents_community ON documents(community)")
+    db.execute(
+        "CREATE TABLE ingest_errors ("
+        " id INTEGER PRIMARY KEY,"
+        " source_id INTEGER NOT NULL REFERENCES sources(id),"
+        " line INTEGER,"
+        " reason TEXT NOT NULL)"
+    )
+
+
+# Append only.  MIGRATIONS[i] upgrades a store from version i to version i + 1.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_documents]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def resolve_path(path: str | os.PathLike | None) -> Path:
+    """--db, else $CCI_LOCAL_DB, else ./cci-local.db."""
+    return Path(path or os.environ.get(ENV_DB) or DEFAULT_DB)
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(db: sqlite_utils.Database, target: int | None = None) -> list[int]:
+    """Run the migrations the store lacks, up to ``target``; return the versions applied."""
+    target = SCHEMA_VERSION if target is None else target
+    current = schema_version(db)
+    if current > SCHEMA_VERSION:
+        raise StoreError(
+            f"{db.conn.execute('PRAGMA database_list').fetchone()[2]} was written by a newer "
+            f"cci-local (schema {current}, this one knows {SCHEMA_VERSION}): upgrade cci-local"
+        )
+    applied = []
+    for version in range(current + 1, target + 1):
+        db.execute("BEGIN IMMEDIATE")  # one transaction per migration, DDL included
+        try:
+            MIGRATIONS[version - 1](db)
+            db.execute(f"PRAGMA user_version = {version}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        applied.append(version)
+    return applied
+
+
+def open_store(
+    path: str | os.PathLike | None = None, *, upgrade: bool = True
+) -> sqlite_utils.Database:
+    """Open (creating if needed) the store and bring its schema up to date."""
+    path = resolve_path(path)
+    if path.exists() and path.is_dir():
+        raise StoreError(f"{path} is a directory; --db expects a file such as {path / DEFAULT_DB}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(str(path))
+        db = sqlite_utils.Database(conn)
+        db.execute("PRAGMA journal_mode = WAL")
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"{path} is not a cci-local store (SQLite said: {e})") from e
+    db.execute("PRAGMA foreign_keys = ON")
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute("PRAGMA busy_timeout = 10000")
+    # Checkpoint the WAL every ~40 MB rather than 4 MB: bulk ingest rewrites the same
+    # index pages over and over, and fewer checkpoints write each of them fewer times.
+    db.execute("PRAGMA wal_autocheckpoint = 10000")
+    if upgrade:
+        migrate(db)
+    return db
+
+
+def get_meta(db: sqlite_utils.Database, key: str) -> str | None:
+    row = db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+    return row[0] if row else None
+
+
+def pseudonym_key(db: sqlite_utils.Database) -> bytes:
+    """The store's random key for pseudonymising usernames, made on first use."""
+    value = get_meta(db, "pseudonym_key")
+    if value is None:
+        value = secrets.token_hex(32)
+        with db.conn:
+            db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('pseudonym_key', ?)", [value]
+            )
+        value = get_meta(db, "pseudonym_key")
+    return bytes.fromhex(value)
+
+
+def ensure_community(db: sqlite_utils.Database, name: str) -> str:
+    """Return the stored spelling of a community, adding it if new (case-insensitive)."""
+    row = db.execute(
+        "SELECT name FROM communities WHERE name = ? COLLATE NOCASE", [name]
+    ).fetchone()
+    if row:
+        return row[0]
+    db.execute("INSERT INTO communities (name, first_seen) VALUES (?, ?)", [name, time.time()])
+    return name
+
+
+def find_community(db: sqlite_utils.Database, name: str) -> str | None:
+    name = normalise_community(name)
+    row = db.execute(
+        "SELECT name FROM communities WHERE name = ? COLLATE NOCASE", [name]
+    ).fetchone()
+    return row[0] if row else None
+
+
+def normalise_community(name: str) -> str:
+    """'r/keto', '/r/keto/' and 'keto' all name the same community."""
+    name = name.strip().strip("/")
+    if name.lower().startswith("r/"):
+        name = name[2:]
+    return name.strip("/")
+
+
+# Counts that later stages contribute to `status`: (column, table, SQL giving
+# community -> count).  A row appears once its table exists in the store.
+STAGE_COUNTS: list[tuple[str, str, str]] = []
+
+
+def community_status(db: sqlite_utils.Database) -> list[dict]:
+    """Per community: documents, kinds, authors, date range, and later stages' counts."""
+    rows = db.execute(
+        "SELECT c.name, count(d.id), sum(d.kind = 'comment'), sum(d.kind = 'submission'),"
+        " count(DISTINCT d.author), min(d.created_utc), max(d.created_utc), "
+        " count(DISTINCT d.source_id)"
+        " FROM communities c LEFT JOIN documents d ON d.community = c.name"
+        " GROUP BY c.name ORDER BY c.name COLLATE NOCASE"
+    ).fetchall()
+    out = [
+        {"community": r[0], "documents": r[1], "comments": r[2] or 0, "submissions": r[3] or 0,
+         "authors": r[4], "first_utc": r[5], "last_utc": r[6], "sources": r[7]}
+        for r in rows
+    ]
+    tables = set(db.table_names())
+    for column, table, sql in STAGE_COUNTS:
+        if table in tables:
+            counts = dict(db.execute(sql).fetchall())
+            for row in out:
+                row[column] = counts.get(row["community"], 0)
+    return out

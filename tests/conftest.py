@@ -1,0 +1,81 @@
+"""Shared fixtures.  The real corpora are read from ../shared/data/reddit/ (beside the clone)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import sqlite3
+from pathlib import Path
+
+import orjson
+import pytest
+import zstandard
+
+from cci_local.store import open_store
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("CCI_LOCAL_SHARED", ROOT.parent / "shared"))
+REDDIT = SHARED / "data" / "reddit"
+CORPUS_2022 = REDDIT / "keto_nutrition_2022"
+CORPUS_POSTS = REDDIT / "keto_nutrition_posts_comments"
+
+
+def pytest_collection_modifyitems(config, items):
+    if not REDDIT.is_dir():
+        raise pytest.UsageError(f"the shared corpora are missing: expected {REDDIT}")
+
+
+@pytest.fixture
+def db(tmp_path):
+    return open_store(tmp_path / "store.db")
+
+
+def read_csv_rows(path: Path) -> list[dict]:
+    csv.field_size_limit(2**31 - 1)
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def real_comments(n: int) -> list[dict]:
+    """n Pushshift-shaped comment records built from the shared keto/nutrition comments."""
+    rows = (read_csv_rows(CORPUS_POSTS / "keto_comments.csv")
+            + read_csv_rows(CORPUS_POSTS / "nutrition_comment.csv"))
+    out = []
+    for i in range(n):
+        row = rows[i % len(rows)]
+        out.append({"id": f"c{i:07d}", "subreddit": row["subreddit"], "body": row["body"],
+                    "author": f"member_{i % 997}", "created_utc": 1640995200 + i * 7,
+                    "score": i % 50, "link_id": f"t3_p{i // 20:05d}",
+                    "parent_id": f"t3_p{i // 20:05d}"})
+    return out
+
+
+def ndjson(records) -> bytes:
+    return b"".join(orjson.dumps(r) + b"\n" for r in records)
+
+
+def zstd_long(data: bytes, window_log: int = 31) -> bytes:
+    """Compress like Arctic Shift's dumps (zstd --long=31, streamed: no content size)."""
+    params = zstandard.ZstdCompressionParameters.from_level(
+        3, window_log=window_log, enable_ldm=True)
+    buf = io.BytesIO()
+    with zstandard.ZstdCompressor(compression_params=params).stream_writer(
+            buf, closefd=False) as writer:
+        writer.write(data)
+    return buf.getvalue()
+
+
+def all_text(db_path: Path) -> str:
+    """Every value of every table of a store, as one string."""
+    conn = sqlite3.connect(db_path)
+    parts = []
+    for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+        for row in conn.execute(f"SELECT * FROM [{table}]"):
+            parts.extend(str(v) for v in row if v is not None)
+    return "\n".join(parts)
+
+
+def tokens(text: str) -> set[str]:
+    return set(re.findall(r"[A-Za-z0-9_-]+", text))
