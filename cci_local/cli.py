@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime, timezone
 
 import click
 import orjson
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -14,8 +16,11 @@ from . import __version__
 from .ingest import FORMATS, BadInput, CleanOptions, IngestReport, ingest
 from .store import StoreError, community_status, open_store, resolve_path
 
-console = Console(stderr=True)
-out = Console()
+# Piped output (logs, scripts, CI) gets 120 columns instead of Rich's 80, so that
+# tables of file names stay readable; a terminal or $COLUMNS decides otherwise.
+_WIDTH = None if os.environ.get("COLUMNS") or sys.stdout.isatty() else 120
+console = Console(stderr=True, width=_WIDTH)
+out = Console(width=_WIDTH)
 
 
 class Context:
@@ -87,24 +92,28 @@ def ingest_cmd(obj, sources, community, fmt, strict, limit, force, min_words, ma
 
 
 def _print_ingest(report: IngestReport) -> None:
-    table = Table(title="ingest", title_justify="left")
+    table = Table(box=box.SIMPLE_HEAD, title="ingest", title_justify="left")
     for name in ("file", "format", "records", "added", "duplicate", "dropped", "bad"):
-        table.add_column(name, justify="left" if name in ("file", "format") else "right")
+        table.add_column(name, justify="left" if name in ("file", "format") else "right",
+                         no_wrap=name != "file")
     for s in report.sources:
         if s.status != "ingested":
-            table.add_row(s.path, s.status, "", "", "", "", "", style="dim")
+            table.add_row(s.name, s.status, "", "", "", "", "", style="dim")
             continue
         fmt = s.format + (f" ({s.compression})" if s.compression not in ("", "none") else "")
-        table.add_row(s.path, fmt, f"{s.records:,}", f"{s.added:,}", f"{s.duplicates:,}",
+        table.add_row(s.name, fmt, f"{s.records:,}", f"{s.added:,}", f"{s.duplicates:,}",
                       f"{sum(s.dropped.values()):,}", f"{s.bad:,}",
                       style="red" if s.bad else None)
     out.print(table)
     for s in report.sources:
         if s.layout:
-            out.print(f"[dim]{s.path}: {s.layout}[/dim]", highlight=False, soft_wrap=True)
+            out.print(f"{s.name}: {s.layout}", style="dim", highlight=False, soft_wrap=True)
         if s.dropped:
             reasons = ", ".join(f"{n:,} {why}" for why, n in s.dropped.most_common())
-            out.print(f"[dim]{s.path}: dropped {reasons}[/dim]", highlight=False, soft_wrap=True)
+            out.print(f"{s.name}: dropped {reasons}", style="dim", highlight=False,
+                      soft_wrap=True)
+        if s.status == "skipped":
+            out.print(f"{s.path}: skipped, {s.note}", style="dim", highlight=False, soft_wrap=True)
         if s.bad:
             for line in s.error_lines():
                 console.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
@@ -112,7 +121,11 @@ def _print_ingest(report: IngestReport) -> None:
                 console.print(f"[yellow]warning:[/yellow] {s.path}: {s.bad - len(s.errors):,} more "
                               "malformed records (all listed in the store's ingest_errors table)",
                               highlight=False, soft_wrap=True)
-    out.print(f"added {report.total('added'):,} documents", highlight=False, soft_wrap=True)
+    already = sum(s.status == "already ingested" for s in report.sources)
+    if already:
+        out.print(f"{already} file(s) already ingested: --force re-reads them, adding only "
+                  "what is missing", highlight=False, soft_wrap=True)
+    out.print(f"added {report.total('added'):,} documents", highlight=False)
 
 
 def _date(utc):
@@ -135,10 +148,11 @@ def status(obj, as_json):
     if not rows:
         out.print(f"{obj.db_path}: no documents yet; run `cci-local ingest PATH`")
         return
-    table = Table(title=f"status of {obj.db_path}", title_justify="left")
+    table = Table(box=box.SIMPLE_HEAD, title=f"status of {obj.db_path}", title_justify="left")
     keys = [k for k in rows[0] if k not in ("first_utc", "last_utc")]
     for key in keys[:1] + ["from", "to"] + keys[1:]:
-        table.add_column(key, justify="left" if key in ("community", "from", "to") else "right")
+        table.add_column(key, justify="left" if key in ("community", "from", "to") else "right",
+                         no_wrap=True)
     for row in rows:
         values = [f"{row[k]:,}" if isinstance(row[k], int) else str(row[k]) for k in keys]
         table.add_row(values[0], _date(row["first_utc"]), _date(row["last_utc"]), *values[1:])

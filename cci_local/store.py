@@ -193,7 +193,7 @@ def community_status(db: sqlite_utils.Database) -> list[dict]:
     ).fetchall()
     out = [
         {"community": r[0], "documents": r[1], "comments": r[2] or 0, "submissions": r[3] or 0,
-         "authors": r[4], "first_utc": r[5], "last_utc": r[6], "sources": r[7]}
+         "authors": r[4], "first_utc": r[5], "last_utc": r[6], "files": r[7]}
         for r in rows
     ]
     tables = set(db.table_names())

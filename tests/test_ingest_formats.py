@@ -131,8 +131,8 @@ def test_directory_recursive_mixed(tmp_path, db):
     (tmp_path / "a" / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00")
     (tmp_path / "a" / ".hidden.ndjson").write_bytes(ndjson(real_comments(5)))
     report = ingest(db, [str(tmp_path / "a")])
-    status = {s.path.split("/a/", 1)[1]: s.status for s in report.sources}
-    assert status["b/dump.zst"] == status["b/export.csv"] == status["thread.json"] == "ingested"
+    status = {s.name: s.status + ": " + s.note for s in report.sources}
+    assert status["b/dump.zst"] == status["b/export.csv"] == status["thread.json"] == "ingested: "
     assert status["notes.md"].startswith("skipped: no text column")
     assert status["image.png"].startswith("skipped: this is a binary file")
     assert ".hidden.ndjson" not in status

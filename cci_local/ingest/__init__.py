@@ -63,11 +63,13 @@ class BadInput(Exception):
 
 @dataclass
 class SourceReport:
-    path: str
+    path: str  # as the user can open it: the argument, or the argument / relative path
+    name: str = ""  # shorter, for tables: relative to the directory argument
     format: str = ""
     compression: str = ""
     layout: str = ""
-    status: str = "ingested"
+    status: str = "ingested"  # or "already ingested", "skipped"
+    note: str = ""  # why it was skipped
     records: int = 0
     added: int = 0
     bad: int = 0
@@ -97,6 +99,7 @@ class IngestReport:
 class _Plan:
     path: Path
     shown: str
+    name: str
     format: str
 
 
@@ -141,13 +144,14 @@ def plan_sources(paths: list[str], fmt: str = "auto") -> tuple[list[_Plan], list
             if not files:
                 raise BadInput(f"{arg}: the directory holds no files")
             for file in files:
+                name = str(file.relative_to(path))
                 try:
-                    plans.append(_Plan(file, str(file), _detect(file, fmt)))
+                    plans.append(_Plan(file, str(file), name, _detect(file, fmt)))
                 except BadSource as e:
-                    skipped.append(SourceReport(str(file), status=f"skipped: {e}"))
+                    skipped.append(SourceReport(str(file), name, status="skipped", note=str(e)))
         else:
             try:
-                plans.append(_Plan(path, arg, _detect(path, fmt)))
+                plans.append(_Plan(path, arg, arg, _detect(path, fmt)))
             except BadSource as e:
                 raise BadInput(f"{arg}: {e}") from e
     if not plans:
@@ -199,7 +203,7 @@ def ingest(
             for plan in plans:
                 size = plan.path.stat().st_size
                 task = bar.add_task(Path(plan.shown).name[:40], total=size, docs=0)
-                source_report = SourceReport(plan.shown, format=plan.format)
+                source_report = SourceReport(plan.shown, plan.name, format=plan.format)
                 report.sources.append(source_report)
                 _ingest_source(db, plan, convert, source_report, strict=strict, limit=limit,
                                force=force, bar=bar, task=task,
@@ -290,7 +294,7 @@ def _ingest_source(db, plan: _Plan, convert: Converter, rep: SourceReport, *, st
     row = conn.execute("SELECT id, complete FROM sources WHERE path = ? AND fingerprint = ?",
                        [resolved, fingerprint]).fetchone()
     if row and row[1] and not force:
-        rep.status = "already ingested (--force re-reads it)"
+        rep.status = "already ingested"
         bar.update(task, completed=size)
         return
     if row:
