@@ -125,7 +125,8 @@ def _print_ingest(report: IngestReport) -> None:
     if already:
         out.print(f"{already} file(s) already ingested: --force re-reads them, adding only "
                   "what is missing", highlight=False, soft_wrap=True)
-    out.print(f"added {report.total('added'):,} documents", highlight=False)
+    added = report.total("added")
+    out.print(f"added {added:,} document{'' if added == 1 else 's'}", highlight=False)
 
 
 def _date(utc):

@@ -64,7 +64,7 @@ def test_strict_stops_at_first_bad_record_and_keeps_the_rest(tmp_path):
     result = CliRunner().invoke(cli, ["--db", str(db_path), "ingest", "--strict", str(path)])
     assert result.exit_code == 2
     assert f"{path}:2: field 'created_utc'" in result.output
-    assert "--strict: stopped here; 1 documents from this file are stored" in result.output
+    assert "--strict: stopped here; documents stored from this file: 1)" in result.output
     from cci_local.store import open_store
     db = open_store(db_path)
     assert count(db) == 1

@@ -194,7 +194,7 @@ def ingest(
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
     report = IngestReport(sources=list(skipped))
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+    columns = (TextColumn("{task.description}"), BarColumn(bar_width=24), DownloadColumn(),
                TransferSpeedColumn(), _RateColumn(), TimeRemainingColumn())
     big = [p for p in plans if p.path.stat().st_size >= PARALLEL_MIN_BYTES]
     pool = _start_pool(workers, convert) if big and workers > 1 else None
@@ -202,7 +202,7 @@ def ingest(
         with Progress(*columns, disable=not progress, transient=False) as bar:
             for plan in plans:
                 size = plan.path.stat().st_size
-                task = bar.add_task(Path(plan.shown).name[:40], total=size, docs=0)
+                task = bar.add_task(Path(plan.shown).name[:32], total=size, docs=0)
                 source_report = SourceReport(plan.shown, plan.name, format=plan.format)
                 report.sources.append(source_report)
                 _ingest_source(db, plan, convert, source_report, strict=strict, limit=limit,
@@ -368,7 +368,7 @@ def _ingest_source(db, plan: _Plan, convert: Converter, rep: SourceReport, *, st
                     line, error = bad[0]
                     unit = "item " if plan.format == "reddit-json" else ""
                     raise BadInput(f"{plan.shown}:{unit}{line}: {error} (--strict: stopped here; "
-                                   f"{rep.added:,} documents from this file are stored)")
+                                   f"documents stored from this file: {rep.added:,})")
             if len(batch) >= BATCH:
                 flush()
         flush(complete=True)
