@@ -204,3 +204,22 @@ def test_limit_reads_at_most_n_records_per_file(tmp_path, db):
     assert [s.records for s in report.sources] == [120, 120]
     assert db.execute("SELECT max(source_line) FROM documents d JOIN sources s"
                       " ON s.id = d.source_id WHERE s.format = 'ndjson'").fetchone()[0] <= 120
+
+
+def test_ndjson_blocks_cut_only_between_lines(monkeypatch):
+    from cci_local.ingest import readers
+
+    lines = [orjson.dumps({"i": i, "body": "x" * (i * 37 % 900)}) for i in range(400)]
+    lines[123] = orjson.dumps({"i": 123, "body": "y" * 5000})  # longer than a block
+    data = b"\n".join(lines)  # no newline at the very end
+    blocks = list(readers.read_ndjson(io.BufferedReader(io.BytesIO(data), 64), block_size=1000))
+    assert b"".join(b.data for b in blocks) == data
+    assert all(b.data.endswith(b"\n") for b in blocks[:-1])
+    starts = [b.first_line for b in blocks]
+    assert starts[0] == 1 and starts == sorted(starts)
+    for block in blocks:  # each block knows the number of its first line
+        first = orjson.loads(block.data.split(b"\n", 1)[0])
+        assert first["i"] == block.first_line - 1
+    limited = list(readers.read_ndjson(io.BufferedReader(io.BytesIO(data)), limit=130,
+                                       block_size=1000))
+    assert sum(b.data.count(b"\n") for b in limited) == 130

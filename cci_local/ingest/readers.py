@@ -109,7 +109,7 @@ def open_decompressed(path: Path) -> tuple[io.BufferedReader, object, str]:
     """Open ``path`` and undo its compression, told by magic bytes, not by extension.
 
     Returns (decompressed stream, raw file object for progress, compression name)."""
-    raw = open(path, "rb")  # noqa: SIM115 - handed to the caller
+    raw = open(path, "rb", buffering=0)  # noqa: SIM115 - handed to the caller
     magic = raw.read(6)
     raw.seek(0)
     for prefix, (name, new) in _DECOMPRESSORS.items():
@@ -164,12 +164,13 @@ def read_ndjson(stream: io.BufferedReader, limit: int | None = None,
     error (truncated or corrupt compressed data) ends the file with a one-triple
     list naming the line where reading stopped."""
     block_size = block_size or NDJSON_BLOCK
-    line_no, carry, left = 1, b"", limit
-    while True:
-        parts, size, error, eof = [carry], len(carry), None, False
+    line_no, left, buf, need = 1, limit, b"", block_size
+    eof, error = False, None
+    while not eof:
+        parts, size = [buf], len(buf)
         try:
-            while size < block_size or b"\n" not in parts[-1] and len(parts) > 1:
-                data = stream.read1(block_size)
+            while size < need:
+                data = stream.read1(block_size)  # one read: data before a failure is kept
                 if not data:
                     eof = True
                     break
@@ -179,15 +180,18 @@ def read_ndjson(stream: io.BufferedReader, limit: int | None = None,
             error, eof = e, True
         buf = b"".join(parts)
         cut = len(buf) if eof else buf.rfind(b"\n") + 1
-        block, carry = buf[:cut], buf[cut:]
-        lines = block.count(b"\n") + (1 if block and not block.endswith(b"\n") else 0)
+        if cut == 0:  # a single line longer than a block: read on
+            need = len(buf) + block_size
+            continue
+        block, buf, need = buf[:cut], buf[cut:], block_size
+        lines = block.count(b"\n") + (not block.endswith(b"\n") and len(block) > 0)
         if left is not None and lines >= left:
             end = -1
             for _ in range(left):
                 end = block.find(b"\n", end + 1)
                 if end < 0:
                     break
-            block = block[: end + 1] if end >= 0 else block
+            block = block if end < 0 else block[: end + 1]
             lines, eof, error = left, True, None
         if block:
             yield LineBlock(line_no, block)
@@ -196,8 +200,6 @@ def read_ndjson(stream: io.BufferedReader, limit: int | None = None,
             left -= lines
         if error is not None:
             yield [(line_no, None, _truncation_message(error))]
-        if eof:
-            return
 
 
 def parse_ndjson(line: bytes, terminated: bool = True) -> tuple[dict | None, str | None]:
