@@ -25,6 +25,7 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python benchmarks/bench_backends.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 import click
 import orjson
@@ -160,3 +162,116 @@ def status(obj, as_json):
     out.print(table)
 
 
+
+
+# --------------------------------------------------------------------------- models
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("text")
+@click.option("--schema", "schema_file", type=click.Path(exists=True, dir_okay=False),
+              help="A JSON schema file: the reply is constrained to it and printed as JSON.")
+@click.option("--system", help="A system message before TEXT.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-cache", is_flag=True, help="Call the model even if this prompt was answered.")
+@click.pass_obj
+def prompt(obj, model, text, schema_file, system, max_tokens, temperature, seed, no_cache):
+    """Send TEXT (or - for standard input) to MODEL and print only its reply.
+
+    MODEL: embedded, gguf:PATH, ollama:NAME, openai:NAME, openai-compatible:URL#NAME
+    or a name from the model registry (`cci-local models`).
+    """
+    import jsonschema
+
+    from .llm import BackendError, InvalidOutput, Sampling, UnknownModel, chat, get_backend
+
+    if text == "-":
+        text = sys.stdin.read()
+    schema = None
+    if schema_file:
+        try:
+            schema = json.loads(Path(schema_file).read_text(encoding="utf-8"))
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except (json.JSONDecodeError, jsonschema.SchemaError) as e:
+            console.print(f"[red]error:[/red] {schema_file}: not a valid JSON schema: "
+                          f"{getattr(e, 'message', e)}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+    messages = ([{"role": "system", "content": system}] if system else []) + \
+        [{"role": "user", "content": text}]
+    try:
+        backend = get_backend(model)
+        reply = chat(obj.db, backend, messages, schema=schema, use_cache=not no_cache,
+                     sampling=Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed))
+    except UnknownModel as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except InvalidOutput as e:
+        console.print(f"[red]error:[/red] the reply does not match the schema: {e.reason}\n"
+                      f"raw reply: {e.raw}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except BackendError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    click.echo(json.dumps(reply.data, ensure_ascii=False) if schema else reply.text)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models(as_json):
+    """The model registry, what is available now, and what each stage will use."""
+    from .doctor import model_rows, stage_rows
+    from .llm import BackendError, load_registry
+
+    try:
+        registry = load_registry()
+    except BackendError as e:
+        raise click.ClickException(str(e)) from e
+    rows, stages = model_rows(registry), stage_rows(registry)
+    if as_json:
+        click.echo(json.dumps({
+            "registry": [str(p) for p in registry.files],
+            "models": [{"name": e.name, "model": e.model, "roles": e.roles, "available": ok,
+                        "detail": detail, "description": e.description}
+                       for e, ok, detail in rows],
+            "stages": [{"role": r, "model": m, "from": src, "available": ok, "detail": d}
+                       for r, m, src, ok, d in stages]}, indent=2))
+        return
+    table = Table(box=box.SIMPLE_HEAD, title="models", title_justify="left")
+    for name in ("name", "model", "roles", "available"):
+        table.add_column(name)
+    for entry, ok, detail in rows:
+        table.add_row(entry.name, entry.model, ", ".join(entry.roles),
+                      ("[green]yes[/green] " if ok else "[yellow]no[/yellow] ") + detail)
+    out.print(table)
+    table = Table(box=box.SIMPLE_HEAD, title="what each stage will use", title_justify="left")
+    for name in ("role", "model", "chosen by", "available"):
+        table.add_column(name)
+    for role, model, source, ok, detail in stages:
+        table.add_row(role, model, source,
+                      ("[green]yes[/green] " if ok else "[red]no[/red] ") + detail)
+    out.print(table)
+    out.print(f"registry: {', '.join(str(p) for p in registry.files)}", style="dim",
+              highlight=False, soft_wrap=True)
+
+
+@cli.command()
+@click.option("--no-smoke-test", is_flag=True, help="Do not run the embedded model.")
+@click.pass_obj
+def doctor(obj, no_smoke_test):
+    """Check the environment: Python, store, disk, memory, backends, training extras."""
+    from .doctor import checks
+
+    results = checks(obj.db_path, smoke_test=not no_smoke_test)
+    table = Table(box=box.SIMPLE_HEAD, title="doctor", title_justify="left")
+    table.add_column("check")
+    table.add_column("")
+    table.add_column("detail")
+    marks = {"ok": "[green]ok[/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]FAIL[/red]"}
+    for check in results:
+        table.add_row(check.name, marks[check.status], check.detail)
+    out.print(table)
+    if any(c.status == "fail" for c in results):
+        sys.exit(1)

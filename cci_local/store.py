@@ -70,8 +70,38 @@ def _v1_documents(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v2_llm_calls(db: sqlite_utils.Database) -> None:
+    # The prompt cache and the log of every model call.  A successful call is
+    # stored once per key; failures (with the raw output and the reason) are kept
+    # as a log but never answer a later call.
+    db.execute(
+        "CREATE TABLE llm_calls ("
+        " id INTEGER PRIMARY KEY,"
+        " key TEXT NOT NULL,"
+        " kind TEXT NOT NULL CHECK (kind IN ('chat', 'logprobs')),"
+        " model TEXT NOT NULL,"
+        " identity TEXT NOT NULL,"
+        " request TEXT NOT NULL,"
+        " response TEXT,"
+        " status TEXT NOT NULL CHECK (status IN ('ok', 'invalid', 'error')),"
+        " error TEXT,"
+        " prompt_tokens INTEGER,"
+        " completion_tokens INTEGER,"
+        " seconds REAL,"
+        " created_at REAL NOT NULL)"
+    )
+    db.execute("CREATE UNIQUE INDEX idx_llm_calls_ok ON llm_calls(key) WHERE status = 'ok'")
+    db.execute("CREATE INDEX idx_llm_calls_key ON llm_calls(key)")
+    # Hashes of model files, so a 5 GB GGUF is hashed once, not at every start.
+    db.execute(
+        "CREATE TABLE file_hashes ("
+        " path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
+        " sha256 TEXT NOT NULL, PRIMARY KEY (path, size, mtime_ns))"
+    )
+
+
 # Append only.  MIGRATIONS[i] upgrades a store from version i to version i + 1.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_documents]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_documents, _v2_llm_calls]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

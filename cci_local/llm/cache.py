@@ -1,0 +1,230 @@
+"""Every model call goes through here: the prompt cache and the call log in the store.
+
+The key is a hash of (model identity, kind of call, messages, schema, sampling
+parameters incl. seed).  A key answered before makes no model call.  A call that
+fails (the backend raised, or the output does not match the schema) is logged
+with its raw output and the reason, and never answers a later call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jsonschema
+import orjson
+import sqlite_utils
+
+from .base import Backend, BackendError, Completion, Messages, NoLogprobs, Sampling
+
+
+class InvalidOutput(Exception):
+    """The model answered, but not in the shape asked for (kept in llm_calls)."""
+
+    def __init__(self, reason: str, raw: str, call_id: int):
+        super().__init__(reason)
+        self.reason, self.raw, self.call_id = reason, raw, call_id
+
+
+@dataclass
+class Reply:
+    text: str
+    data: object = None  # the parsed JSON when a schema was given
+    cached: bool = False
+    call_id: int = 0
+
+
+@dataclass
+class Request:
+    messages: Messages
+    schema: dict | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+_hash_lock = threading.Lock()
+
+
+def file_sha256(db: sqlite_utils.Database, path: Path) -> str:
+    """sha256 of a (model) file, memoised in the store by path, size and mtime."""
+    path = Path(path).resolve()
+    st = path.stat()
+    row = db.execute("SELECT sha256 FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ?",
+                     [str(path), st.st_size, st.st_mtime_ns]).fetchone()
+    if row:
+        return row[0]
+    with _hash_lock:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                digest.update(chunk)
+    value = digest.hexdigest()
+    db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)",
+               [str(path), st.st_size, st.st_mtime_ns, value])
+    db.conn.commit()
+    return value
+
+
+def identity(db: sqlite_utils.Database, backend: Backend) -> str:
+    cached = getattr(backend, "_cci_identity", None)
+    if cached is None:
+        cached = backend.identity(lambda p: file_sha256(db, p))
+        backend._cci_identity = cached
+    return cached
+
+
+def _key(ident: str, kind: str, payload: dict) -> str:
+    blob = orjson.dumps({"identity": ident, "kind": kind, **payload}, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _lookup(db, key: str):
+    return db.execute("SELECT id, response FROM llm_calls WHERE key = ? AND status = 'ok'",
+                      [key]).fetchone()
+
+
+def _record(db, *, key, kind, backend, ident, request, response, status, error=None,
+            completion: Completion | None = None, seconds=None) -> int:
+    cur = db.execute(
+        "INSERT OR IGNORE INTO llm_calls (key, kind, model, identity, request, response, status,"
+        " error, prompt_tokens, completion_tokens, seconds, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [key, kind, backend.spec, ident, orjson.dumps(request).decode(), response, status, error,
+         completion.prompt_tokens if completion else None,
+         completion.completion_tokens if completion else None, seconds, time.time()])
+    db.conn.commit()
+    if cur.rowcount == 0:  # another process answered the same key meanwhile
+        return _lookup(db, key)[0]
+    return cur.lastrowid
+
+
+def _validate(text: str, schema: dict) -> tuple[object, str | None]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, f"not JSON: {e}"
+    try:
+        jsonschema.validate(data, schema)
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "the top level"
+        return None, f"does not match the schema at {where}: {e.message}"
+    return data, None
+
+
+def _payload(request: Request) -> dict:
+    return {"messages": request.messages, "schema": request.schema,
+            "sampling": request.sampling.as_dict()}
+
+
+def _finish(db, backend, ident, key, request: Request, outcome, seconds) -> Reply:
+    """Record one real call's outcome and turn it into a Reply (or raise)."""
+    backend.calls += 1
+    payload = _payload(request)
+    if isinstance(outcome, BaseException):
+        _record(db, key=key, kind="chat", backend=backend, ident=ident, request=payload,
+                response=None, status="error", error=f"{type(outcome).__name__}: {outcome}",
+                seconds=seconds)
+        raise outcome
+    data, problem = (None, None)
+    if request.schema is not None:
+        data, problem = _validate(outcome.text, request.schema)
+    if problem:
+        call_id = _record(db, key=key, kind="chat", backend=backend, ident=ident,
+                          request=payload, response=outcome.text, status="invalid",
+                          error=problem, completion=outcome, seconds=seconds)
+        raise InvalidOutput(problem, outcome.text, call_id)
+    call_id = _record(db, key=key, kind="chat", backend=backend, ident=ident, request=payload,
+                      response=outcome.text, status="ok", completion=outcome, seconds=seconds)
+    return Reply(outcome.text, data, cached=False, call_id=call_id)
+
+
+def _timed(backend: Backend, request: Request):
+    start = time.monotonic()
+    try:
+        outcome = backend.chat(request.messages, schema=request.schema, sampling=request.sampling)
+    except BackendError as e:
+        outcome = e
+    return outcome, time.monotonic() - start
+
+
+def chat(db: sqlite_utils.Database, backend: Backend, messages: Messages, *,
+         schema: dict | None = None, sampling: Sampling = Sampling(),
+         use_cache: bool = True) -> Reply:
+    """One chat call through the cache.  Raises BackendError when the model could not
+    be called, InvalidOutput when its answer does not match ``schema``."""
+    request = Request(messages, schema, sampling)
+    ident = identity(db, backend)
+    key = _key(ident, "chat", _payload(request))
+    if use_cache and (hit := _lookup(db, key)):
+        data = json.loads(hit[1]) if schema is not None else None
+        return Reply(hit[1], data, cached=True, call_id=hit[0])
+    outcome, seconds = _timed(backend, request)
+    return _finish(db, backend, ident, key, request, outcome, seconds)
+
+
+def chat_many(db: sqlite_utils.Database, backend: Backend, requests: list[Request], *,
+              parallel: int = 1) -> Iterator[tuple[int, Reply | Exception]]:
+    """Answer many requests, yielding (index, Reply or the exception) as each is done.
+
+    Cache hits come first.  A server backend gets up to ``parallel`` calls at once;
+    an in-process model is always called one request at a time.  The store is only
+    touched from the calling thread."""
+    ident = identity(db, backend)
+    todo = []
+    for i, request in enumerate(requests):
+        key = _key(ident, "chat", _payload(request))
+        if hit := _lookup(db, key):
+            data = json.loads(hit[1]) if request.schema is not None else None
+            yield i, Reply(hit[1], data, cached=True, call_id=hit[0])
+        else:
+            todo.append((i, key, request))
+    if parallel > 1 and backend.concurrent and len(todo) > 1:
+        with ThreadPoolExecutor(parallel, thread_name_prefix="cci-local-llm") as pool:
+            futures = {pool.submit(_timed, backend, req): (i, key, req) for i, key, req in todo}
+            for future in as_completed(futures):
+                i, key, req = futures[future]
+                yield i, _outcome(db, backend, ident, key, req, *future.result())
+    else:
+        for i, key, req in todo:
+            yield i, _outcome(db, backend, ident, key, req, *_timed(backend, req))
+
+
+def _outcome(db, backend, ident, key, request, outcome, seconds) -> Reply | Exception:
+    try:
+        return _finish(db, backend, ident, key, request, outcome, seconds)
+    except (BackendError, InvalidOutput) as e:
+        return e
+
+
+def option_logprobs(db: sqlite_utils.Database, backend: Backend, messages: Messages,
+                    options: list[str], *, use_cache: bool = True) -> dict[str, float]:
+    """Log-probability of each option as the start of the reply, through the cache.
+    Raises NoLogprobs where the backend cannot give them."""
+    ident = identity(db, backend)
+    payload = {"messages": messages, "options": list(options)}
+    key = _key(ident, "logprobs", payload)
+    if use_cache and (hit := _lookup(db, key)):
+        return {k: (-math.inf if v is None else v) for k, v in json.loads(hit[1]).items()}
+    start = time.monotonic()
+    try:
+        result = backend.option_logprobs(messages, list(options))
+    except NoLogprobs:
+        raise  # a capability, not a failed call: nothing to log
+    except BackendError as e:
+        backend.calls += 1
+        _record(db, key=key, kind="logprobs", backend=backend, ident=ident, request=payload,
+                response=None, status="error", error=f"{type(e).__name__}: {e}",
+                seconds=time.monotonic() - start)
+        raise
+    backend.calls += 1
+    # JSON has no -inf: an option the model gives no probability is stored as null.
+    stored = {k: (None if v == -math.inf else v) for k, v in result.items()}
+    _record(db, key=key, kind="logprobs", backend=backend, ident=ident, request=payload,
+            response=json.dumps(stored), status="ok", seconds=time.monotonic() - start)
+    return result

