@@ -12,6 +12,7 @@ import click
 import orjson
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -240,18 +241,21 @@ def models(as_json):
                        for r, m, src, ok, d in stages]}, indent=2))
         return
     table = Table(box=box.SIMPLE_HEAD, title="models", title_justify="left")
-    for name in ("name", "model", "roles", "available"):
-        table.add_column(name)
+    table.add_column("name", no_wrap=True)
+    table.add_column("model", overflow="fold")
+    table.add_column("roles")
+    table.add_column("ready", no_wrap=True)
+    table.add_column("detail", overflow="fold")
     for entry, ok, detail in rows:
-        table.add_row(entry.name, entry.model, ", ".join(entry.roles),
-                      ("[green]yes[/green] " if ok else "[yellow]no[/yellow] ") + detail)
+        table.add_row(entry.name, entry.model, " ".join(entry.roles),
+                      "[green]yes[/green]" if ok else "[yellow]no[/yellow]", escape(detail))
     out.print(table)
     table = Table(box=box.SIMPLE_HEAD, title="what each stage will use", title_justify="left")
-    for name in ("role", "model", "chosen by", "available"):
-        table.add_column(name)
+    for name in ("role", "model", "chosen by", "ready", "detail"):
+        table.add_column(name, no_wrap=name != "detail", overflow="fold")
     for role, model, source, ok, detail in stages:
-        table.add_row(role, model, source,
-                      ("[green]yes[/green] " if ok else "[red]no[/red] ") + detail)
+        table.add_row(role, model, source, "[green]yes[/green]" if ok else "[red]no[/red]",
+                      escape(detail))
     out.print(table)
     out.print(f"registry: {', '.join(str(p) for p in registry.files)}", style="dim",
               highlight=False, soft_wrap=True)
@@ -271,7 +275,7 @@ def doctor(obj, no_smoke_test):
     table.add_column("detail")
     marks = {"ok": "[green]ok[/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]FAIL[/red]"}
     for check in results:
-        table.add_row(check.name, marks[check.status], check.detail)
+        table.add_row(check.name, marks[check.status], escape(check.detail))
     out.print(table)
     if any(c.status == "fail" for c in results):
         sys.exit(1)

@@ -61,7 +61,7 @@ def test_models_lists_registry_and_stage_choices(tmp_path):
         ("teacher", "embedded", True), ("base", "embedded", True), ("judge", "embedded", True)]
     env["CCI_LOCAL_TEACHER"] = "llama3.1-8b"
     table = cli("models", db=tmp_path / "m.db", env=env).stdout
-    assert "teacher   llama3.1-8b" in table and "$CCI_LOCAL_TEACHER" in table
+    assert "teacher   llama3.1-8b   $CCI_LOCAL_TEACHER   no" in table
 
 
 def test_own_registry_file(tmp_path):
@@ -83,3 +83,4 @@ def test_doctor(tmp_path):
                   "ollama", "openai key", "training"):
         assert check in out
     assert "answered" in out and "Paris" in out
+    assert "pip install 'cci-local[train]'" in out
