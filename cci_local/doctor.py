@@ -18,9 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .llm.base import BackendError
+from .llm.base import BackendError, is_loopback
 from .llm.ollama import DEFAULT_HOST
-from .llm.openai import _is_loopback
 from .llm.registry import ROLES, Entry, Registry, resolve
 
 
@@ -76,7 +75,7 @@ def availability(spec: str) -> tuple[bool, str]:
         return False, "remote; needs $OPENAI_API_KEY"
     if spec.startswith("openai-compatible:"):
         url = spec[len("openai-compatible:"):].rpartition("#")[0]
-        if not _is_loopback(url):
+        if not is_loopback(url):
             return True, f"remote server {url} (not contacted)"
         try:
             _get_json(url.rstrip("/") + "/models")

@@ -45,6 +45,8 @@ def test_chat_sends_context_and_length_explicitly(db, server, ollama):
     assert len(sent) == 1
     assert sent[0]["options"]["num_ctx"] == 8192 and sent[0]["options"]["num_predict"] == 12
     assert sent[0]["stream"] is False and server.truncated == 0
+    assert ollama.remote is False  # the server is on loopback: nothing leaves the machine
+    assert OllamaBackend(MODEL, host="gpu-box.lab:11434").remote is True
 
 
 def test_schema_goes_as_format(db, server, ollama):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 Messages = list[dict]
 
@@ -79,6 +81,17 @@ class Backend:
 
     def close(self) -> None:
         pass
+
+
+def is_loopback(url: str) -> bool:
+    """Whether a server URL is on this machine (so calls to it stay here)."""
+    host = urlsplit(url if "://" in url else "http://" + url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def logsumexp(values: list[float]) -> float:

@@ -17,6 +17,7 @@ from .base import (
     Messages,
     NoLogprobs,
     Sampling,
+    is_loopback,
     options_from_top_logprobs,
 )
 
@@ -24,7 +25,6 @@ DEFAULT_HOST = "http://127.0.0.1:11434"
 
 
 class OllamaBackend(Backend):
-    remote = False  # a local server by default; OLLAMA_HOST may point elsewhere
     concurrent = True
 
     def __init__(self, name: str, *, host: str | None = None, num_ctx: int = 8192,
@@ -36,6 +36,9 @@ class OllamaBackend(Backend):
         self.name = name if ":" in name else f"{name}:latest"
         self.spec = f"ollama:{name}"
         self.host = host or os.environ.get("OLLAMA_HOST") or DEFAULT_HOST
+        if "://" not in self.host:  # OLLAMA_HOST may be given as host:port
+            self.host = "http://" + self.host
+        self.remote = not is_loopback(self.host)  # texts leave this machine
         self.num_ctx = num_ctx
         self._client = ollama.Client(host=self.host, timeout=timeout)
 

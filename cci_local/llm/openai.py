@@ -10,7 +10,6 @@ in the prompt; what a server accepts is remembered for the rest of the run."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from .base import (
     Messages,
     NoLogprobs,
     Sampling,
+    is_loopback,
     options_from_top_logprobs,
 )
 
@@ -39,16 +39,6 @@ def _strip_credentials(url: str) -> str:
     if parts.port:
         netloc += f":{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-
-
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class OpenAIBackend(Backend):
@@ -74,7 +64,7 @@ class OpenAIBackend(Backend):
             self.spec = f"openai-compatible:{self.base_url}#{model}"
             key = (os.environ.get("CCI_LOCAL_API_KEY") or os.environ.get("OPENAI_API_KEY")
                    or "no-key-needed")
-            self.remote = not _is_loopback(self.base_url)
+            self.remote = not is_loopback(self.base_url)
         self._key = key
         # The SDK retries rate limits (429) and server errors with exponential backoff.
         self._client = openai.OpenAI(api_key=key, base_url=base_url or None, timeout=timeout,
