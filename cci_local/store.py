@@ -100,8 +100,73 @@ def _v2_llm_calls(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v3_topics(db: sqlite_utils.Database) -> None:
+    db.execute(
+        "CREATE TABLE embeddings ("
+        " embedder TEXT NOT NULL,"
+        " doc_id TEXT NOT NULL REFERENCES documents(id),"
+        " vector BLOB NOT NULL,"
+        " PRIMARY KEY (embedder, doc_id)) WITHOUT ROWID"
+    )
+    # One topic model fitted over a set of communities with one set of parameters.
+    db.execute(
+        "CREATE TABLE topic_runs ("
+        " id INTEGER PRIMARY KEY,"
+        " key TEXT NOT NULL UNIQUE,"
+        " communities TEXT NOT NULL,"
+        " params TEXT NOT NULL,"
+        " n_documents INTEGER NOT NULL,"
+        " n_outliers INTEGER NOT NULL,"
+        " silhouette REAL,"
+        " silhouette_shuffled REAL,"
+        " chunking TEXT,"
+        " created_at REAL NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE topics ("
+        " id INTEGER PRIMARY KEY,"
+        " run_id INTEGER NOT NULL REFERENCES topic_runs(id) ON DELETE CASCADE,"
+        " number INTEGER NOT NULL,"
+        " keywords TEXT NOT NULL,"
+        " size INTEGER NOT NULL,"
+        " UNIQUE (run_id, number))"
+    )
+    db.execute(
+        "CREATE TABLE doc_topics ("
+        " run_id INTEGER NOT NULL REFERENCES topic_runs(id) ON DELETE CASCADE,"
+        " doc_id TEXT NOT NULL REFERENCES documents(id),"
+        " topic_id INTEGER NOT NULL REFERENCES topics(id) ON DELETE CASCADE,"
+        " PRIMARY KEY (run_id, doc_id)) WITHOUT ROWID"
+    )
+    db.execute("CREATE INDEX idx_doc_topics_topic ON doc_topics(topic_id)")
+    db.execute(
+        "CREATE TABLE topic_communities ("
+        " topic_id INTEGER NOT NULL REFERENCES topics(id) ON DELETE CASCADE,"
+        " community TEXT NOT NULL REFERENCES communities(name),"
+        " documents INTEGER NOT NULL,"
+        " PRIMARY KEY (topic_id, community))"
+    )
+    # A chunk row: for one topic, one chunk of on-topic documents per community;
+    # the teacher sees a whole row at once (the "cross" in Community-Cross-Instruct).
+    db.execute(
+        "CREATE TABLE chunk_rows ("
+        " id INTEGER PRIMARY KEY,"
+        " topic_id INTEGER NOT NULL REFERENCES topics(id) ON DELETE CASCADE,"
+        " row_number INTEGER NOT NULL,"
+        " UNIQUE (topic_id, row_number))"
+    )
+    db.execute(
+        "CREATE TABLE chunks ("
+        " chunk_row_id INTEGER NOT NULL REFERENCES chunk_rows(id) ON DELETE CASCADE,"
+        " community TEXT NOT NULL REFERENCES communities(name),"
+        " doc_ids TEXT NOT NULL,"
+        " PRIMARY KEY (chunk_row_id, community))"
+    )
+
+
 # Append only.  MIGRATIONS[i] upgrades a store from version i to version i + 1.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_documents, _v2_llm_calls]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _v1_documents, _v2_llm_calls, _v3_topics]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -209,7 +274,13 @@ def normalise_community(name: str) -> str:
 
 # Counts that later stages contribute to `status`: (column, table, SQL giving
 # community -> count).  A row appears once its table exists in the store.
-STAGE_COUNTS: list[tuple[str, str, str]] = []
+STAGE_COUNTS: list[tuple[str, str, str]] = [
+    # topics of the latest topic run in which the community has documents
+    ("topics", "topic_communities",
+     "SELECT tc.community, count(*) FROM topic_communities tc JOIN topics t ON t.id = tc.topic_id"
+     " WHERE t.run_id = (SELECT max(id) FROM topic_runs) AND tc.documents > 0"
+     " GROUP BY tc.community"),
+]
 
 
 def community_status(db: sqlite_utils.Database) -> list[dict]:

@@ -32,16 +32,17 @@ def test_older_store_is_upgraded_in_place(tmp_path, monkeypatch):
     db.conn.commit()
     db.conn.close()
 
-    def v2_topics(db):
-        db.execute("CREATE TABLE topics (id INTEGER PRIMARY KEY, keywords TEXT)")
-        db.execute("ALTER TABLE documents ADD COLUMN topic_id INTEGER REFERENCES topics(id)")
+    def next_version(db):
+        db.execute("CREATE TABLE future_stage (id INTEGER PRIMARY KEY, keywords TEXT)")
+        db.execute("ALTER TABLE documents ADD COLUMN future_id INTEGER"
+                   " REFERENCES future_stage(id)")
 
-    monkeypatch.setattr(store, "MIGRATIONS", [*store.MIGRATIONS, v2_topics])
+    monkeypatch.setattr(store, "MIGRATIONS", [*store.MIGRATIONS, next_version])
     monkeypatch.setattr(store, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     db = open_store(path)
     assert store.schema_version(db) == SCHEMA_VERSION + 1
-    assert "topics" in db.table_names()
-    assert db.execute("SELECT id, text, topic_id FROM documents").fetchall() == [
+    assert "future_stage" in db.table_names()
+    assert db.execute("SELECT id, text, future_id FROM documents").fetchall() == [
         ("t1_a", "bacon and eggs again", None)]
 
 
@@ -88,3 +89,23 @@ def test_pseudonym_key_is_made_once(tmp_path):
     db = open_store(tmp_path / "k.db")
     key = store.pseudonym_key(db)
     assert len(key) == 32 and store.pseudonym_key(open_store(tmp_path / "k.db")) == key
+
+
+def test_store_from_the_first_release_gets_every_later_table(tmp_path):
+    import sqlite3 as sq
+
+    import sqlite_utils
+
+    path = tmp_path / "v1.db"
+    old = sqlite_utils.Database(sq.connect(path))
+    migrate(old, target=1)  # the schema issue 2 shipped
+    store.ensure_community(old, "keto")
+    old.execute("INSERT INTO documents (id, community, kind, text) VALUES "
+                "('t1_a', 'keto', 'comment', 'bacon and eggs again')")
+    old.conn.commit()
+    old.conn.close()
+    db = open_store(path)
+    assert store.schema_version(db) == SCHEMA_VERSION
+    assert {"llm_calls", "file_hashes", "embeddings", "topic_runs", "chunks"} <= set(
+        db.table_names())
+    assert db.execute("SELECT count(*) FROM documents").fetchone()[0] == 1

