@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(BIN)/cci-local --db $(DEMO_DB) ingest $(CORPUS)
+	$(BIN)/cci-local --db $(DEMO_DB) topics
 	$(BIN)/cci-local --db $(DEMO_DB) status
 
 test: install
@@ -28,6 +29,7 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_backends.py
+	$(BIN)/python benchmarks/bench_topics.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -59,7 +59,7 @@ class WordLlamaEmbedder:
         self.identity = f"wordllama:l2_supercat:256:{importlib.metadata.version('wordllama')}"
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        return self.model.embed(texts, norm=True, batch_size=256).astype(np.float32)
+        return self.model.embed(texts, norm=True).astype(np.float32)
 
 
 class MiniLMEmbedder:
