@@ -216,17 +216,20 @@ def _chunk_rows(doc_ids, communities_of, labels, names, params: TopicParams,
     for doc_id, community, label in zip(doc_ids, communities_of, labels, strict=True):
         if label >= 0:
             groups.setdefault((int(label), community), []).append(doc_id)
-    min_docs, max_docs = params.chunk_min_docs, params.chunk_max_docs
-    sizes = [len(v) for v in groups.values()]
-    typical = int(statistics.median(sizes)) if sizes else 0
-    if typical and typical < min_docs:
-        min_docs = max(3, typical // 2)
-        max_docs = max(min_docs, min(max_docs, typical))
-        notes.append(f"small corpus: a topic has a median of {typical} documents per community, "
-                     f"so chunks hold {min_docs}-{max_docs} documents instead of "
-                     f"{params.chunk_min_docs}-{params.chunk_max_docs}")
     need = params.min_communities or max(1, math.ceil(0.8 * len(names)))
     need = min(need, len(names))
+    # A row needs `need` communities, so a topic's row count is limited by its
+    # need-th largest community: scale chunks to what that typically holds.
+    bottleneck = [sorted((len(groups.get((t, n), [])) for n in names), reverse=True)[need - 1]
+                  for t in range(k)]
+    typical = int(statistics.median(bottleneck)) if bottleneck else 0
+    min_docs, max_docs = params.chunk_min_docs, params.chunk_max_docs
+    if typical < min_docs:
+        min_docs = max(3, min(min_docs, typical // 2))
+        max_docs = max(min_docs, min(max_docs, typical))
+        notes.append(f"small corpus: in a typical topic the {need} best-represented communities "
+                     f"have only {typical} documents each, so chunks hold {min_docs}-{max_docs} "
+                     f"documents instead of {params.chunk_min_docs}-{params.chunk_max_docs}")
     rows: dict[int, list[dict]] = {}
     for t in range(k):
         per_community = {}
