@@ -14,6 +14,7 @@ with the same embedder embeds only documents not seen before.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import shutil
@@ -96,7 +97,9 @@ def tfidf_embed(texts: list[str], dims: int = 128, seed: int = 0) -> np.ndarray:
     return normalize(reduced).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=4)
 def get_embedder(name: str):
+    """A loaded embedder; loaded once per process (inference keeps no state)."""
     if name == "wordllama":
         return WordLlamaEmbedder()
     if name == "minilm":

@@ -297,8 +297,7 @@ def fit_topics(db: sqlite_utils.Database, communities: list[str] | None = None,
     if params.embedder == "wordllama":
         from .embed import get_embedder
 
-        model = get_embedder("wordllama")
-        word_vectors = model.embed
+        word_vectors = get_embedder("wordllama").embed  # the instance embedding just used
     names_of = keywords([r[2] for r in rows], labels, params.n_keywords, params.diversity,
                         word_vectors)
     chunk_rows, chunking = _chunk_rows(doc_ids, [r[1] for r in rows], labels, names, params,
