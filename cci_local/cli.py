@@ -376,3 +376,37 @@ def _print_topics(summary) -> None:
     if summary.reused:
         out.print("already fitted with these documents and settings (--force refits)",
                   style="dim", highlight=False)
+
+
+# --------------------------------------------------------------------------- generate
+
+
+@cli.command()
+@click.argument("communities", nargs=-1)
+@click.option("--mode", type=click.Choice(["template"]), default="template", show_default=True,
+              help="template: each real post answers a templated instruction (no model).")
+@click.option("--min-words", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Posts shorter than this make no pair.")
+@click.option("--holdout", type=click.FloatRange(0, 0.9), default=0.15, show_default=True,
+              help="Share of pairs (and, separately, of topics) held out for testing.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_obj
+def generate(obj, communities, mode, min_words, holdout, seed):
+    """Make instruction data for COMMUNITIES (default: all)."""
+    from .generate import TemplateOptions, template_pairs
+    from .store import UnknownCommunity
+
+    options = TemplateOptions(min_words=min_words, holdout=holdout, seed=seed)
+    try:
+        report = template_pairs(obj.db, list(communities) or None, options)
+    except UnknownCommunity as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    table = Table(box=box.SIMPLE_HEAD, title="template pairs", title_justify="left")
+    for name in ("community", "posts", "added now", "pairs", "skipped"):
+        table.add_column(name, justify="left" if name in ("community", "skipped") else "right")
+    for community, r in report.items():
+        skipped = ", ".join(f"{n:,} {why}" for why, n in sorted(r["skipped"].items()))
+        table.add_row(community, f"{r['posts']:,}", f"{r['added']:,}", f"{r['pairs']:,}",
+                      skipped or "-")
+    out.print(table)

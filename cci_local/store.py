@@ -164,9 +164,51 @@ def _v3_topics(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v4_instructions(db: sqlite_utils.Database) -> None:
+    # Held-out units, seeded: 15% of chunk rows at random and, separately, 15% of
+    # topics (the unseen-topic test); template pairs are held out per document.
+    db.execute(
+        "CREATE TABLE holdouts ("
+        " run_id INTEGER NOT NULL REFERENCES topic_runs(id) ON DELETE CASCADE,"
+        " unit TEXT NOT NULL CHECK (unit IN ('chunk_row', 'topic')),"
+        " unit_id INTEGER NOT NULL,"
+        " PRIMARY KEY (run_id, unit, unit_id))"
+    )
+    # One question, answered once per community.  kind: 'open' (CommInst),
+    # 'choice' (CommSurvey, options + a letter per community) or 'template' (a
+    # real post as the answer to a templated instruction; no teacher).
+    db.execute(
+        "CREATE TABLE instructions ("
+        " id INTEGER PRIMARY KEY,"
+        " kind TEXT NOT NULL CHECK (kind IN ('open', 'choice', 'template')),"
+        " question TEXT NOT NULL,"
+        " options TEXT,"
+        " topic_id INTEGER REFERENCES topics(id) ON DELETE SET NULL,"
+        " chunk_row_id INTEGER REFERENCES chunk_rows(id) ON DELETE SET NULL,"
+        " source TEXT NOT NULL,"
+        " discriminating INTEGER,"
+        " split TEXT NOT NULL CHECK (split IN ('train', 'test')),"
+        " split_by_topic TEXT CHECK (split_by_topic IN ('train', 'test')),"
+        " created_at REAL NOT NULL)"
+    )
+    db.execute("CREATE INDEX idx_instructions_kind ON instructions(kind, split)")
+    # source: what made it ('template:<doc id>' or 'teacher:<llm call id>'), unique so
+    # a re-run never stores the same instruction twice.
+    db.execute("CREATE UNIQUE INDEX idx_instructions_source ON instructions(source, question)")
+    db.execute(
+        "CREATE TABLE community_answers ("
+        " instruction_id INTEGER NOT NULL REFERENCES instructions(id) ON DELETE CASCADE,"
+        " community TEXT NOT NULL REFERENCES communities(name),"
+        " answer TEXT NOT NULL,"
+        " doc_ids TEXT NOT NULL,"
+        " PRIMARY KEY (instruction_id, community))"
+    )
+    db.execute("CREATE INDEX idx_answers_community ON community_answers(community)")
+
+
 # Append only.  MIGRATIONS[i] upgrades a store from version i to version i + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1_documents, _v2_llm_calls, _v3_topics]
+    _v1_documents, _v2_llm_calls, _v3_topics, _v4_instructions]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -256,6 +298,27 @@ def ensure_community(db: sqlite_utils.Database, name: str) -> str:
     return name
 
 
+class UnknownCommunity(StoreError):
+    """A community named on the command line is not in the store (bad input)."""
+
+
+def select_communities(db: sqlite_utils.Database, names: list[str] | None) -> list[str]:
+    """Stored spellings of the named communities (all of them when none are named)."""
+    if not names:
+        found = [r[0] for r in db.execute("SELECT name FROM communities ORDER BY name")]
+        if not found:
+            raise UnknownCommunity("the store has no documents: run `cci-local ingest` first")
+        return found
+    out = []
+    for name in names:
+        stored = find_community(db, name)
+        if stored is None:
+            known = ", ".join(r[0] for r in db.execute("SELECT name FROM communities")) or "none"
+            raise UnknownCommunity(f"no community {name!r} in the store (it has: {known})")
+        out.append(stored)
+    return sorted(set(out))
+
+
 def find_community(db: sqlite_utils.Database, name: str) -> str | None:
     name = normalise_community(name)
     row = db.execute(
@@ -280,6 +343,9 @@ STAGE_COUNTS: list[tuple[str, str, str]] = [
      "SELECT tc.community, count(*) FROM topic_communities tc JOIN topics t ON t.id = tc.topic_id"
      " WHERE t.run_id = (SELECT max(id) FROM topic_runs) AND tc.documents > 0"
      " GROUP BY tc.community"),
+    ("template pairs", "community_answers",
+     "SELECT a.community, count(*) FROM community_answers a JOIN instructions i"
+     " ON i.id = a.instruction_id WHERE i.kind = 'template' GROUP BY a.community"),
 ]
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import sqlite_utils
 
 from .embed import EMBEDDERS, embed_documents
-from .store import find_community
+from .store import UnknownCommunity, select_communities
 
 EXTRA_STOP_WORDS = {
     "just", "like", "im", "dont", "ive", "thats", "really", "get", "got", "know", "think",
@@ -311,19 +311,10 @@ def fit_topics(db: sqlite_utils.Database, communities: list[str] | None = None,
 
 
 def _communities(db, communities: list[str] | None) -> list[str]:
-    if not communities:
-        names = [r[0] for r in db.execute("SELECT name FROM communities ORDER BY name")]
-        if not names:
-            raise TopicsError("the store has no documents: run `cci-local ingest` first")
-        return names
-    names = []
-    for name in communities:
-        found = find_community(db, name)
-        if found is None:
-            known = ", ".join(r[0] for r in db.execute("SELECT name FROM communities")) or "none"
-            raise TopicsError(f"no community {name!r} in the store (it has: {known})")
-        names.append(found)
-    return sorted(set(names))
+    try:
+        return select_communities(db, communities)
+    except UnknownCommunity as e:
+        raise TopicsError(str(e)) from e
 
 
 def _store(db, key, names, params, rows, labels, keyword_lists, chunk_rows, chunking,

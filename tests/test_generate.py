@@ -1,0 +1,107 @@
+"""Template pairs (the fidelity paper's alignment data, no teacher) on the real corpora."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from conftest import CORPUS_2022, CORPUS_POSTS
+
+from cci_local.generate import TEMPLATES, TemplateOptions, template_pairs
+from cci_local.ingest import ingest
+from cci_local.topics import TopicParams, fit_topics
+
+
+def test_template_pairs_on_the_full_shared_corpora(db):
+    ingest(db, [str(CORPUS_2022), str(CORPUS_POSTS)])
+    start = time.perf_counter()
+    report = template_pairs(db)
+    seconds = time.perf_counter() - start
+    assert seconds < 30  # seconds, not minutes: no model involved
+    docs = dict(db.execute("SELECT community, count(*) FROM documents GROUP BY 1").fetchall())
+    for community in ("keto", "nutrition"):
+        r = report[community]
+        assert r["posts"] == docs[community]
+        assert r["added"] == r["pairs"] == r["posts"] - sum(r["skipped"].values())
+        assert r["pairs"] > 0.8 * r["posts"]
+    # Every pair: a template naming its community, answered by one real post of it.
+    rows = db.execute("SELECT i.question, i.split, i.source, a.community, a.answer, a.doc_ids"
+                      " FROM instructions i JOIN community_answers a ON a.instruction_id = i.id"
+                      " WHERE i.kind = 'template'").fetchall()
+    for question, _split, source, community, answer, doc_ids in rows[:500]:
+        assert f"r/{community}" in question
+        (doc_id,) = json.loads(doc_ids)
+        assert source == f"template:{doc_id}"
+        text, owner = db.execute("SELECT text, community FROM documents WHERE id = ?",
+                                 [doc_id]).fetchone()
+        assert answer == text and owner == community
+    test_share = sum(r[1] == "test" for r in rows) / len(rows)
+    assert 0.12 < test_share < 0.18
+    templates = {r[0] for r in rows}
+    assert len(templates) >= len(TEMPLATES)  # the whole pool is used
+
+
+def test_rerun_adds_nothing(db):
+    ingest(db, [str(CORPUS_2022)])
+    first = template_pairs(db)
+    second = template_pairs(db)
+    assert all(r["added"] == 0 for r in second.values())
+    assert {c: r["pairs"] for c, r in second.items()} == {c: r["pairs"] for c, r in first.items()}
+    assert db.execute("SELECT count(*) FROM instructions").fetchone()[0] == \
+        sum(r["pairs"] for r in first.values())
+
+
+def test_topic_templates_and_topic_holdout(db):
+    ingest(db, [str(CORPUS_2022)])
+    summary = fit_topics(db, params=TopicParams(embedder="tfidf", reducer="pca", n_topics=10))
+    template_pairs(db, options=TemplateOptions(seed=1))
+    held = {r[0] for r in db.execute("SELECT unit_id FROM holdouts WHERE unit = 'topic'")}
+    assert len(held) == 2  # 15% of 10 topics, rounded
+    rows = db.execute("SELECT question, topic_id, split_by_topic FROM instructions").fetchall()
+    assert all((by_topic == "test") == (topic_id in held) for _, topic_id, by_topic in rows)
+    markers = (" about ", "view on", "experience with", "discussing")
+    named = [q for q, topic_id, _ in rows
+             if topic_id is not None and any(m in q for m in markers)]
+    assert 0.3 < len(named) / len(rows) < 0.7  # about half name the post's topic
+    keywords = {t["topic"]: ", ".join(t["keywords"][:3]) for t in summary.topics}
+    assert any(k in q for q in named for k in keywords.values())
+
+
+def test_junk_and_short_posts_make_no_pairs(db):
+    from cci_local.store import ensure_community
+
+    ensure_community(db, "keto")
+    db.conn.executemany("INSERT INTO documents (id, community, kind, text) VALUES (?,?,?,?)", [
+        ("t1_a", "keto", "comment", "Three weeks in and my energy is finally back to normal."),
+        ("t1_b", "keto", "comment", "lol lol lol lol lol lol lol lol lol lol"),
+        ("t1_c", "keto", "comment", "Too short to say much."),
+        ("t1_d", "keto", "comment", "1234 5678 9012 3456 7890 1234 5678 9012 ?? !!"),
+        ("t1_e", "keto", "comment", "Three weeks in and my energy is finally back to normal.")])
+    db.conn.commit()
+    report = template_pairs(db)["keto"]
+    assert report["pairs"] == 1
+    assert report["skipped"] == {"too short": 1, "junk (few letters or one word repeated)": 2,
+                                 "duplicate text": 1}
+
+
+def test_generate_command(tmp_path):
+    db = tmp_path / "g.db"
+    env = {**os.environ, "COLUMNS": "160"}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "cci_local", "--db", str(db), *args],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    assert run("ingest", str(CORPUS_2022)).returncode == 0
+    out = run("generate", "r/keto", "--mode", "template")
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.strip().startswith("keto"))
+    assert line.split()[:4] == ["keto", "1,125", line.split()[2], line.split()[2]]
+    status = json.loads(run("status", "--json").stdout)
+    pairs = {r["community"]: r["template pairs"] for r in status["communities"]}
+    assert pairs["nutrition"] == 0 and pairs["keto"] == int(line.split()[2].replace(",", ""))
+    bad = run("generate", "r/loseit")
+    assert bad.returncode == 2 and "no community 'r/loseit'" in bad.stderr
