@@ -410,3 +410,31 @@ def generate(obj, communities, mode, min_words, holdout, seed):
         table.add_row(community, f"{r['posts']:,}", f"{r['added']:,}", f"{r['pairs']:,}",
                       skipped or "-")
     out.print(table)
+
+
+@cli.command(name="export")
+@click.argument("communities", nargs=-1)
+@click.option("--format", "fmt", type=click.Choice(["mlx", "openai", "sharegpt", "csv"]),
+              required=True)
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--kind", "kinds", type=click.Choice(["open", "template"]), multiple=True,
+              help="Training pairs to include (default: both).")
+@click.option("--split-by", type=click.Choice(["random", "topic"]), default="random",
+              show_default=True, help="Which held-out split becomes test.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_obj
+def export_cmd(obj, communities, fmt, out_dir, kinds, split_by, seed):
+    """Write COMMUNITIES' instruction data as mlx-lm / OpenAI / ShareGPT / CSV files."""
+    from .export import TRAINING_KINDS, export
+    from .store import UnknownCommunity
+
+    try:
+        counts = export(obj.db, fmt, out_dir, list(communities) or None,
+                        kinds=tuple(kinds) or TRAINING_KINDS, split_by=split_by, seed=seed)
+    except UnknownCommunity as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    for community, subsets in counts.items():
+        parts = ", ".join(f"{n:,} {k}" for k, n in subsets.items())
+        out.print(f"{community}: {parts}", highlight=False)
+    out.print(f"written to {out_dir}", highlight=False)
