@@ -21,6 +21,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/cci-local --db $(DEMO_DB) ingest $(CORPUS)
 	$(BIN)/cci-local --db $(DEMO_DB) topics
+	$(BIN)/cci-local --db $(DEMO_DB) generate --mode template
 	$(BIN)/cci-local --db $(DEMO_DB) status
 
 test: install
