@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import CORPUS_2022, CORPUS_POSTS
 
 from cci_local.generate import TEMPLATES, TemplateOptions, template_pairs
@@ -105,3 +106,58 @@ def test_generate_command(tmp_path):
     assert pairs["nutrition"] == 0 and pairs["keto"] == int(line.split()[2].replace(",", ""))
     bad = run("generate", "r/loseit")
     assert bad.returncode == 2 and "no community 'r/loseit'" in bad.stderr
+
+
+def test_row_schema_accepts_a_good_reply_and_rejects_a_missing_community():
+    import jsonschema
+
+    from cci_local.generate import row_schema
+
+    schema = row_schema(["keto", "nutrition"], n_open=1, n_choice=1)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    good = {"open_ended": [{"question": "How do you handle sugar cravings?",
+                            "answers": {"keto": "Fat bombs and patience.",
+                                        "nutrition": "Fruit and more protein."}}],
+            "multiple_choice": [{"question": "Which breakfast is best?",
+                                 "options": {"A": "Eggs and bacon", "B": "Oatmeal",
+                                             "C": "Smoothie", "D": "Skip it"},
+                                 "answers": {"keto": "A", "nutrition": "B"}}]}
+    jsonschema.validate(good, schema)
+    bad = json.loads(json.dumps(good))
+    del bad["open_ended"][0]["answers"]["nutrition"]
+    with pytest.raises(jsonschema.ValidationError, match="nutrition"):
+        jsonschema.validate(bad, schema)
+
+
+def test_check_row_drops_with_reasons_and_flags_non_discriminating():
+    from cci_local.generate import check_row
+
+    communities = ["keto", "nutrition"]
+    choice = {"question": "What do you drink most mornings?",
+              "options": {"A": "Coffee", "B": "Tea", "C": "Juice", "D": "Water"},
+              "answers": {"keto": "A", "nutrition": "A"}}
+    data = {"open_ended": [
+        {"question": "How do you deal with keto flu in the first week?",
+         "answers": {"keto": "Salt and broth.", "nutrition": "Eat some carbs."}},
+        {"question": "How do you deal with the keto flu in your first week?",
+         "answers": {"keto": "Electrolytes.", "nutrition": "Avoid the diet."}},
+        {"question": "According to the comments, what helps with bloating?",
+         "answers": {"keto": "Less dairy.", "nutrition": "Fiber."}},
+        {"question": "What do you think about seed oils today?",
+         "answers": {"keto": "word " * 50, "nutrition": "Fine in moderation."}},
+        {"question": "Is fruit part of your daily routine?",
+         "answers": {"keto": "", "nutrition": "Yes, two a day."}}],
+        "multiple_choice": [choice, {**choice, "question": "Pick a snack for the afternoon",
+                                     "options": {"A": "Nuts", "B": "nuts", "C": "Chips",
+                                                 "D": "Fruit"}}]}
+    kept_questions: list[str] = []
+    kept, dropped = check_row(data, communities, kept_questions)
+    assert [k.kind for k in kept] == ["open", "choice"]
+    assert kept[1].discriminating is False and kept[1].options["A"] == "Coffee"
+    assert sorted(dropped) == sorted([
+        "near-duplicate question", "question refers to the source texts",
+        "answer longer than 40 words", "a community is not answered", "options repeat"])
+    assert len(kept_questions) == 2
+    again, dropped_again = check_row({"open_ended": [data["open_ended"][0]],
+                                      "multiple_choice": []}, communities, kept_questions)
+    assert again == [] and dropped_again == ["near-duplicate question"]
