@@ -7,6 +7,8 @@ import io
 import os
 import re
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -25,6 +27,17 @@ CORPUS_POSTS = REDDIT / "keto_nutrition_posts_comments"
 def pytest_collection_modifyitems(config, items):
     if not REDDIT.is_dir():
         raise pytest.UsageError(f"the shared corpora are missing: expected {REDDIT}")
+
+
+def cci(*args, db, env: dict | None = None, input: str | None = None, check: bool = True,
+        timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `cci-local --db DB ARGS...` as a user does, in a subprocess (wide tables)."""
+    result = subprocess.run([sys.executable, "-m", "cci_local", "--db", str(db), *args],
+                            capture_output=True, text=True, timeout=timeout, input=input,
+                            env={**os.environ, "COLUMNS": "200", **(env or {})})
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
 
 
 @pytest.fixture

@@ -12,15 +12,7 @@ import time
 
 import pytest
 from conftest import CORPUS_2022
-
-
-def run(*args, db, check=True):
-    env = {**os.environ, "COLUMNS": "160"}
-    result = subprocess.run([sys.executable, "-m", "cci_local", "--db", str(db), *args],
-                            capture_output=True, text=True, env=env, timeout=300)
-    if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
+from conftest import cci as run
 
 
 def test_ingest_then_status(tmp_path):

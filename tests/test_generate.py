@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
-from conftest import CORPUS_2022, CORPUS_POSTS
+from conftest import CORPUS_2022, CORPUS_POSTS, cci
 
 from cci_local.generate import TEMPLATES, TemplateOptions, template_pairs
 from cci_local.ingest import ingest
@@ -90,21 +87,18 @@ def test_junk_and_short_posts_make_no_pairs(db):
 
 def test_generate_command(tmp_path):
     db = tmp_path / "g.db"
-    env = {**os.environ, "COLUMNS": "160"}
 
-    def run(*args):
-        return subprocess.run([sys.executable, "-m", "cci_local", "--db", str(db), *args],
-                              capture_output=True, text=True, env=env, timeout=300)
+    def run(*args, check=True):
+        return cci(*args, db=db, check=check)
 
-    assert run("ingest", str(CORPUS_2022)).returncode == 0
+    run("ingest", str(CORPUS_2022))
     out = run("generate", "r/keto", "--mode", "template")
-    assert out.returncode == 0, out.stderr
     line = next(x for x in out.stdout.splitlines() if x.strip().startswith("keto"))
     assert line.split()[:4] == ["keto", "1,125", line.split()[2], line.split()[2]]
     status = json.loads(run("status", "--json").stdout)
     pairs = {r["community"]: r["template pairs"] for r in status["communities"]}
     assert pairs["nutrition"] == 0 and pairs["keto"] == int(line.split()[2].replace(",", ""))
-    bad = run("generate", "r/loseit")
+    bad = run("generate", "r/loseit", check=False)
     assert bad.returncode == 2 and "no community 'r/loseit'" in bad.stderr
 
 

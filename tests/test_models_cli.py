@@ -3,18 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-
-def cli(*args, db, env=None, check=True, input=None):
-    result = subprocess.run([sys.executable, "-m", "cci_local", "--db", str(db), *args],
-                            capture_output=True, text=True, timeout=300, input=input,
-                            env={**os.environ, "COLUMNS": "200", **(env or {})})
-    if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
+from conftest import cci as cli
 
 
 def test_prompt_prints_only_the_reply(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import CORPUS_2022, CORPUS_POSTS
+from conftest import CORPUS_2022, CORPUS_POSTS, cci
 
 from cci_local.ingest import ingest
 from cci_local.store import community_status, open_store
@@ -153,26 +153,19 @@ def test_minilm_embedder_offline_and_cached(tmp_path):
 
 
 def test_topics_command(tmp_path):
-    import os
-    import subprocess
-    import sys
-
     db = tmp_path / "cli.db"
-    env = {**os.environ, "COLUMNS": "160"}
 
-    def run(*args):
-        return subprocess.run([sys.executable, "-m", "cci_local", "--db", str(db), *args],
-                              capture_output=True, text=True, env=env, timeout=600)
+    def run(*args, check=True):
+        return cci(*args, db=db, check=check)
 
-    assert run("ingest", str(CORPUS_2022)).returncode == 0
+    run("ingest", str(CORPUS_2022))
     first = run("topics", "r/keto", "nutrition", "--embedder", "tfidf", "--reducer", "pca",
                 "--topics", "6", "--keywords", "5")
-    assert first.returncode == 0, first.stderr
     assert "6 topics over 1,943 documents; 0 outliers dropped" in first.stdout
     header = next(line for line in first.stdout.splitlines() if "keywords" in line).split()
     assert header == ["topic", "keywords", "size", "keto", "nutrition", "chunk", "rows"]
     again = run("topics", "--embedder", "tfidf", "--reducer", "pca", "--topics", "6",
                 "--keywords", "5")
     assert "already fitted with these documents and settings" in again.stdout
-    bad = run("topics", "r/loseit")
+    bad = run("topics", "r/loseit", check=False)
     assert bad.returncode == 2 and "no community 'r/loseit'" in bad.stderr
