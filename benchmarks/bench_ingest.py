@@ -32,6 +32,7 @@ from pathlib import Path
 
 import orjson
 import zstandard
+from common import peak_rss_mb  # benchmarks/ is on sys.path when a script runs
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
@@ -108,18 +109,6 @@ def child_ingest(dump: Path, db_path: Path) -> dict:
 
     report = ingest(open_store(db_path), [str(dump)])
     return {"records": report.total("records"), "stored": report.total("added")}
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS.  VmHWM, not getrusage: ru_maxrss survives exec on Linux,
-    so a child would report its parent's peak."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def run_child(kind: str, dump: Path) -> dict:

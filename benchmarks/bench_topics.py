@@ -22,16 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import peak_rss_mb
+
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("CCI_LOCAL_SHARED", HERE.parent.parent / "shared"))
 POSTS = SHARED / "data" / "reddit" / "keto_nutrition_posts_comments"
-
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def build_store(path: Path, n: int) -> None:
