@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import threading
 import time
 from datetime import datetime, timezone
@@ -177,20 +176,12 @@ class OllamaStandIn:
 
     def _generate_with_logprobs(self, tokens: list[int], max_tokens: int, top_k: int):
         """Greedy decoding that reports each token's log-probability and the top k."""
-        import ctypes
-
-        import llama_cpp
-
         llm = self.backend.llm
         llm.reset()
         llm.eval(tokens)
         out, pieces = [], []
         for _ in range(max_tokens):
-            pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
-            logits = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
-                                           shape=(llm.n_vocab(),)).astype(np.float64)
-            top = logits.max()
-            logp = logits - (top + math.log(np.exp(logits - top).sum()))
+            logp = self.backend._log_softmax_last()  # the model's next-token distribution
             chosen = int(logp.argmax())
             if chosen == llm.token_eos():
                 break
