@@ -28,6 +28,12 @@ console = Console(stderr=True, width=_WIDTH)
 out = Console(width=_WIDTH)
 
 
+def _fail(message: str, code: int = 2) -> None:
+    """Print an error and exit: 2 for bad usage or input, 1 when the work failed."""
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 class Context:
     def __init__(self, db_path):
         self.db_path = resolve_path(db_path)
@@ -85,8 +91,7 @@ def ingest_cmd(obj, sources, community, fmt, strict, limit, force, min_words, ma
                         limit=limit, force=force, options=options, workers=workers,
                         progress=console.is_terminal)
     except BadInput as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(e))
     except KeyboardInterrupt:
         stored = obj.db.execute("SELECT count(*) FROM documents").fetchone()[0]
         console.print(f"[yellow]interrupted:[/yellow] the store keeps {stored:,} documents; "
@@ -199,9 +204,7 @@ def prompt(obj, model, text, schema_file, system, max_tokens, temperature, seed,
             schema = json.loads(Path(schema_file).read_text(encoding="utf-8"))
             jsonschema.Draft202012Validator.check_schema(schema)
         except (json.JSONDecodeError, jsonschema.SchemaError) as e:
-            console.print(f"[red]error:[/red] {schema_file}: not a valid JSON schema: "
-                          f"{getattr(e, 'message', e)}", highlight=False, soft_wrap=True)
-            sys.exit(2)
+            _fail(f"{schema_file}: not a valid JSON schema: {getattr(e, 'message', e)}")
     messages = ([{"role": "system", "content": system}] if system else []) + \
         [{"role": "user", "content": text}]
     try:
@@ -209,15 +212,11 @@ def prompt(obj, model, text, schema_file, system, max_tokens, temperature, seed,
         reply = chat(obj.db, backend, messages, schema=schema, use_cache=not no_cache,
                      sampling=Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed))
     except UnknownModel as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(e))
     except InvalidOutput as e:
-        console.print(f"[red]error:[/red] the reply does not match the schema: {e.reason}\n"
-                      f"raw reply: {e.raw}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _fail(f"the reply does not match the schema: {e.reason}\nraw reply: {e.raw}", 1)
     except BackendError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _fail(str(e), 1)
     click.echo(json.dumps(reply.data, ensure_ascii=False) if schema else reply.text)
 
 
@@ -339,8 +338,7 @@ def topics(obj, communities, embedder, reducer, min_cluster_size, n_topics, n_ke
             summary = fit_topics(obj.db, list(communities) or None, params, force=force,
                                  progress=progress)
         except (TopicsError, EmbedderError) as e:
-            console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-            sys.exit(2)
+            _fail(str(e))
     _print_topics(summary)
 
 
@@ -400,8 +398,7 @@ def generate(obj, communities, mode, min_words, holdout, seed):
     try:
         report = template_pairs(obj.db, list(communities) or None, options)
     except UnknownCommunity as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(e))
     table = Table(box=box.SIMPLE_HEAD, title="template pairs", title_justify="left")
     for name in ("community", "posts", "added now", "pairs", "skipped"):
         table.add_column(name, justify="left" if name in ("community", "skipped") else "right")
@@ -432,8 +429,7 @@ def export_cmd(obj, communities, fmt, out_dir, kinds, split_by, seed):
         counts = export(obj.db, fmt, out_dir, list(communities) or None,
                         kinds=tuple(kinds) or TRAINING_KINDS, split_by=split_by, seed=seed)
     except UnknownCommunity as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(e))
     for community, subsets in counts.items():
         parts = ", ".join(f"{n:,} {k}" for k, n in subsets.items())
         out.print(f"{community}: {parts}", highlight=False)
