@@ -206,9 +206,35 @@ def _v4_instructions(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_answers_community ON community_answers(community)")
 
 
+def _v5_teacher_rows(db: sqlite_utils.Database) -> None:
+    # One finished teacher row: a chunk row put to a teacher with one set of
+    # generation settings (``settings`` hashes teacher identity, communities and
+    # prompt settings).  Written in the same transaction as its instructions, so a
+    # row is either wholly stored or not at all; a re-run skips every row here.
+    db.execute(
+        "CREATE TABLE teacher_rows ("
+        " id INTEGER PRIMARY KEY,"
+        " chunk_row_id INTEGER NOT NULL REFERENCES chunk_rows(id) ON DELETE CASCADE,"
+        " settings TEXT NOT NULL,"
+        " teacher TEXT NOT NULL,"
+        " communities TEXT NOT NULL,"
+        " status TEXT NOT NULL CHECK (status IN ('accepted', 'rejected')),"
+        " attempts INTEGER NOT NULL,"
+        " call_ids TEXT NOT NULL,"
+        " doc_ids TEXT NOT NULL,"
+        " kept_open INTEGER NOT NULL,"
+        " kept_choice INTEGER NOT NULL,"
+        " dropped TEXT NOT NULL,"
+        " reason TEXT,"
+        " created_at REAL NOT NULL,"
+        " UNIQUE (chunk_row_id, settings))"
+    )
+
+
 # Append only.  MIGRATIONS[i] upgrades a store from version i to version i + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1_documents, _v2_llm_calls, _v3_topics, _v4_instructions]
+    _v1_documents, _v2_llm_calls, _v3_topics, _v4_instructions,
+    _v5_teacher_rows]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -343,6 +369,12 @@ STAGE_COUNTS: list[tuple[str, str, str]] = [
      "SELECT tc.community, count(*) FROM topic_communities tc JOIN topics t ON t.id = tc.topic_id"
      " WHERE t.run_id = (SELECT max(id) FROM topic_runs) AND tc.documents > 0"
      " GROUP BY tc.community"),
+    ("CommInst", "community_answers",
+     "SELECT a.community, count(*) FROM community_answers a JOIN instructions i"
+     " ON i.id = a.instruction_id WHERE i.kind = 'open' GROUP BY a.community"),
+    ("CommSurvey", "community_answers",
+     "SELECT a.community, count(*) FROM community_answers a JOIN instructions i"
+     " ON i.id = a.instruction_id WHERE i.kind = 'choice' GROUP BY a.community"),
     ("template pairs", "community_answers",
      "SELECT a.community, count(*) FROM community_answers a JOIN instructions i"
      " ON i.id = a.instruction_id WHERE i.kind = 'template' GROUP BY a.community"),

@@ -73,6 +73,16 @@ class Backend:
         """The reply piece by piece; the default gives it in one piece."""
         yield self.chat(messages, sampling=sampling).text
 
+    # The context window in tokens, when the backend knows it (None: unknown).
+    context_length: int | None = None
+
+    def count_tokens(self, messages: Messages) -> int:
+        """Tokens the messages take as a prompt.  Backends with a tokenizer count
+        exactly; the default estimate (3.5 characters a token, plus the chat
+        template's few tokens per message) errs on the long side for English."""
+        chars = sum(len(str(m.get("content", ""))) for m in messages)
+        return int(chars / 3.5) + 8 * len(messages) + 8
+
     def option_logprobs(self, messages: Messages, options: list[str]) -> dict[str, float]:
         raise NoLogprobs(f"{self.spec} cannot give option log-probabilities")
 

@@ -89,6 +89,20 @@ def _lookup(db, key: str):
                       [key]).fetchone()
 
 
+def _lookup_invalid(db, key: str):
+    return db.execute("SELECT id, response, error FROM llm_calls WHERE key = ? AND"
+                      " status = 'invalid' ORDER BY id DESC LIMIT 1", [key]).fetchone()
+
+
+def _replayed(db, key: str, replay_invalid: bool) -> InvalidOutput | None:
+    """An answer that did not match its schema, read back instead of asked again.
+    Only callers that replay a deterministic chain of attempts (generation's
+    retries) ask for this; the answer never counts as a success."""
+    if replay_invalid and (bad := _lookup_invalid(db, key)):
+        return InvalidOutput(bad[2], bad[1], bad[0])
+    return None
+
+
 def _record(db, *, key, kind, backend, ident, request, response, status, error=None,
             completion: Completion | None = None, seconds=None) -> int:
     cur = db.execute(
@@ -155,24 +169,29 @@ def _timed(backend: Backend, request: Request):
 
 def chat(db: sqlite_utils.Database, backend: Backend, messages: Messages, *,
          schema: dict | None = None, sampling: Sampling = Sampling(),
-         use_cache: bool = True) -> Reply:
+         use_cache: bool = True, replay_invalid: bool = False) -> Reply:
     """One chat call through the cache.  Raises BackendError when the model could not
-    be called, InvalidOutput when its answer does not match ``schema``."""
+    be called, InvalidOutput when its answer does not match ``schema``
+    (``replay_invalid``: such an answer given before is raised again, no call)."""
     request = Request(messages, schema, sampling)
     ident = identity(db, backend)
     key = _key(ident, "chat", _payload(request))
     if use_cache and (hit := _lookup(db, key)):
         data = json.loads(hit[1]) if schema is not None else None
         return Reply(hit[1], data, cached=True, call_id=hit[0])
+    if use_cache and (bad := _replayed(db, key, replay_invalid)):
+        raise bad
     outcome, seconds = _timed(backend, request)
     return _finish(db, backend, ident, key, request, outcome, seconds)
 
 
 def chat_many(db: sqlite_utils.Database, backend: Backend, requests: list[Request], *,
-              parallel: int = 1) -> Iterator[tuple[int, Reply | Exception]]:
+              parallel: int = 1, replay_invalid: bool = False
+              ) -> Iterator[tuple[int, Reply | Exception]]:
     """Answer many requests, yielding (index, Reply or the exception) as each is done.
 
-    Cache hits come first.  A server backend gets up to ``parallel`` calls at once;
+    Cache hits (and, with ``replay_invalid``, invalid answers given before) come
+    first.  A server backend gets up to ``parallel`` calls at once;
     an in-process model is always called one request at a time.  The store is only
     touched from the calling thread."""
     ident = identity(db, backend)
@@ -182,6 +201,8 @@ def chat_many(db: sqlite_utils.Database, backend: Backend, requests: list[Reques
         if hit := _lookup(db, key):
             data = json.loads(hit[1]) if request.schema is not None else None
             yield i, Reply(hit[1], data, cached=True, call_id=hit[0])
+        elif bad := _replayed(db, key, replay_invalid):
+            yield i, bad
         else:
             todo.append((i, key, request))
     if parallel > 1 and backend.concurrent and len(todo) > 1:

@@ -96,6 +96,13 @@ class LlamaCppBackend(Backend):
         return llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special,
                             special=True)
 
+    @property
+    def context_length(self) -> int:
+        return self.n_ctx
+
+    def count_tokens(self, messages: Messages) -> int:
+        return len(self.prompt_tokens(messages))
+
     def _check_fits(self, n_prompt: int, max_tokens: int) -> None:
         if n_prompt + max_tokens > self.n_ctx:
             raise BackendError(

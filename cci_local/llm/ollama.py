@@ -39,7 +39,7 @@ class OllamaBackend(Backend):
         if "://" not in self.host:  # OLLAMA_HOST may be given as host:port
             self.host = "http://" + self.host
         self.remote = not is_loopback(self.host)  # texts leave this machine
-        self.num_ctx = num_ctx
+        self.num_ctx = self.context_length = num_ctx
         self._client = ollama.Client(host=self.host, timeout=timeout)
 
     def _error(self, e: Exception) -> BackendError:
