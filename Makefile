@@ -22,6 +22,7 @@ demo: install
 	$(BIN)/cci-local --db $(DEMO_DB) ingest $(CORPUS)
 	$(BIN)/cci-local --db $(DEMO_DB) topics
 	$(BIN)/cci-local --db $(DEMO_DB) generate --mode template
+	$(BIN)/cci-local --db $(DEMO_DB) generate --max-rows 4
 	$(BIN)/cci-local --db $(DEMO_DB) status
 
 test: install
@@ -31,6 +32,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_backends.py
 	$(BIN)/python benchmarks/bench_topics.py
+	$(BIN)/python benchmarks/bench_generate.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -399,6 +399,9 @@ def _print_topics(summary) -> None:
 @click.option("--doc-words", type=click.IntRange(min=10), default=120, show_default=True,
               help="Each document shown to the teacher is cut to this many words.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.7, show_default=True)
+@click.option("--context", type=click.IntRange(min=512),
+              help="The teacher's context window in tokens, where the backend cannot tell "
+              "(OpenAI-compatible servers: default 8192); prompts are fitted to it.")
 @click.option("--min-words", type=click.IntRange(min=1), default=8, show_default=True,
               help="template: posts shorter than this make no pair.")
 @click.option("--holdout", type=click.FloatRange(0, 0.9), default=0.15, show_default=True,
@@ -406,7 +409,7 @@ def _print_topics(summary) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_obj
 def generate(obj, communities, mode, teacher, parallel, max_rows, n_open, n_choice, attempts,
-             doc_words, temperature, min_words, holdout, seed):
+             doc_words, temperature, context, min_words, holdout, seed):
     """Make instruction data for COMMUNITIES (default: all).
 
     cross (Community-Cross-Instruct): every chunk row of the latest topic run goes
@@ -433,7 +436,7 @@ def generate(obj, communities, mode, teacher, parallel, max_rows, n_open, n_choi
 
     options = CrossOptions(n_open=n_open, n_choice=n_choice, max_attempts=attempts,
                            max_rows=max_rows, doc_words=doc_words, temperature=temperature,
-                           seed=seed, holdout=holdout, parallel=parallel)
+                           seed=seed, holdout=holdout, parallel=parallel, context=context)
     try:
         name = teacher or load_registry().default("teacher")[0]
         backend = get_backend(name)

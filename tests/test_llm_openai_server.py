@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
-from conftest import all_text
+from conftest import CORPUS_2022, all_text, cci
 
 from cci_local.llm import BackendError, Sampling, chat, get_backend, option_logprobs
 from cci_local.llm import openai as openai_backend
@@ -114,3 +116,25 @@ def test_openai_needs_a_key_from_the_environment(monkeypatch):
     b = get_backend("gpt-4o")  # the registry name
     assert b.remote is True and SECRET not in b.spec
     assert os.environ["OPENAI_API_KEY"] == SECRET
+
+
+def test_generate_with_a_server_teacher_in_parallel(tmp_path, server):
+    """Community-Cross-Instruct rows through a real OpenAI-compatible server, two calls
+    at a time; the server's 4096-token context is given with --context."""
+    db = tmp_path / "s.db"
+    env = {"CCI_LOCAL_API_KEY": SECRET}
+    cci("ingest", str(CORPUS_2022), db=db)
+    cci("topics", "--embedder", "tfidf", "--reducer", "pca", "--topics", "8", db=db)
+    args = ("generate", "--teacher", f"openai-compatible:{server}#smollm2", "--parallel", "2",
+            "--max-rows", "2", "--open", "1", "--choice", "1", "--attempts", "2",
+            "--context", "4096")
+    first = cci(*args, db=db, env=env)
+    assert "texts leave" not in first.stderr  # loopback: nothing leaves the machine
+    calls = int(re.search(r"([\d,]+) model calls", first.stdout).group(1))
+    conn = sqlite3.connect(db)
+    assert calls == conn.execute("SELECT count(*) FROM llm_calls WHERE model LIKE"
+                                 " 'openai-compatible:%'").fetchone()[0] >= 2
+    assert conn.execute("SELECT count(*) FROM teacher_rows").fetchone()[0] == 2
+    again = cci(*args, db=db, env=env)
+    assert "\n0 model calls" in again.stdout
+    assert SECRET not in all_text(db)

@@ -45,8 +45,10 @@ class OpenAIBackend(Backend):
     concurrent = True
 
     def __init__(self, model: str, *, base_url: str | None = None, timeout: float = 600.0,
-                 max_retries: int = 6):
+                 max_retries: int = 6, context_length: int | None = None):
         super().__init__()
+        # The API does not say how long a context the model has: the registry entry can.
+        self.context_length = context_length
         import openai
 
         self._openai = openai

@@ -99,7 +99,7 @@ def get_backend(name: str, registry: Registry | None = None, **options) -> Backe
     if spec.startswith("openai:") and len(spec) > len("openai:"):
         from .openai import OpenAIBackend
 
-        return OpenAIBackend(spec[len("openai:"):], **_pick(opts, "timeout", "max_retries"))
+        return OpenAIBackend(spec[len("openai:"):], **_openai_opts(opts))
     if spec.startswith("openai-compatible:"):
         url, _, model = spec[len("openai-compatible:"):].rpartition("#")
         if not url or not model:
@@ -107,7 +107,7 @@ def get_backend(name: str, registry: Registry | None = None, **options) -> Backe
                                "openai-compatible:http://127.0.0.1:8000/v1#llama-3.1-8b")
         from .openai import OpenAIBackend
 
-        return OpenAIBackend(model, base_url=url, **_pick(opts, "timeout", "max_retries"))
+        return OpenAIBackend(model, base_url=url, **_openai_opts(opts))
     known = ", ".join(sorted((registry or load_registry()).entries))
     raise UnknownModel(f"unknown model {name!r}: use one of {', '.join(FORMS)}, "
                        f"or a registry name ({known})")
@@ -115,6 +115,10 @@ def get_backend(name: str, registry: Registry | None = None, **options) -> Backe
 
 def _pick(opts: dict, *keys: str) -> dict:
     return {k: opts[k] for k in keys if k in opts}
+
+
+def _openai_opts(opts: dict) -> dict:
+    return _pick(opts, "timeout", "max_retries", "context_length")
 
 
 def _llama_opts(opts: dict) -> dict:
