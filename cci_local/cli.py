@@ -159,14 +159,22 @@ def status(obj, as_json):
     if not rows:
         out.print(f"{obj.db_path}: no documents yet; run `cci-local ingest PATH`")
         return
-    table = Table(box=box.SIMPLE_HEAD, title=f"status of {obj.db_path}", title_justify="left")
+    table = Table(box=box.SIMPLE_HEAD, title=f"status of {obj.db_path}", title_justify="left",
+                  pad_edge=False, collapse_padding=True, padding=(0, 1, 0, 0))
     keys = [k for k in rows[0] if k not in ("first_utc", "last_utc")]
-    for key in keys[:1] + ["from", "to"] + keys[1:]:
-        table.add_column(key, justify="left" if key in ("community", "from", "to") else "right",
-                         no_wrap=True)
+    cells = []
     for row in rows:
         values = [f"{row[k]:,}" if isinstance(row[k], int) else str(row[k]) for k in keys]
-        table.add_row(values[0], _date(row["first_utc"]), _date(row["last_utc"]), *values[1:])
+        cells.append([values[0], _date(row["first_utc"]), _date(row["last_utc"]), *values[1:]])
+    # Values never wrap; a header wider than its values wraps onto a second line,
+    # so a dozen stage columns still fit 120 columns.
+    labels = {"documents": "docs", "submissions": "posts", "template pairs": "templates"}
+    for i, key in enumerate(keys[:1] + ["from", "to"] + keys[1:]):
+        widest, label = max(len(c[i]) for c in cells), labels.get(key, key)
+        table.add_column(label, justify="left" if key in ("community", "from", "to") else "right",
+                         min_width=max(widest, *(len(w) for w in label.split())))
+    for row in cells:
+        table.add_row(*row)
     out.print(table)
 
 
