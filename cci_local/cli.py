@@ -230,8 +230,10 @@ def prompt(obj, model, text, schema_file, system, max_tokens, temperature, seed,
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def models(as_json):
-    """The model registry, what is available now, and what each stage will use."""
+@click.pass_obj
+def models(obj, as_json):
+    """The model registry, what is available now, what each stage will use, and the
+    community adapters trained into the store."""
     from .doctor import model_rows, stage_rows
     from .llm import BackendError, load_registry
 
@@ -240,8 +242,10 @@ def models(as_json):
     except BackendError as e:
         raise click.ClickException(str(e)) from e
     rows, stages = model_rows(registry), stage_rows(registry)
+    adapters = _adapters(obj)
     if as_json:
         click.echo(json.dumps({
+            "adapters": adapters,
             "registry": [str(p) for p in registry.files],
             "models": [{"name": e.name, "model": e.model, "roles": e.roles, "available": ok,
                         "detail": detail, "description": e.description}
@@ -268,6 +272,30 @@ def models(as_json):
     out.print(table)
     out.print(f"registry: {', '.join(str(p) for p in registry.files)}", style="dim",
               highlight=False, soft_wrap=True)
+    if adapters:
+        table = Table(box=box.SIMPLE_HEAD, title=f"adapters in {obj.db_path}",
+                      title_justify="left")
+        for name in ("community", "base", "status", "steps", "final loss", "examples",
+                     "adapter"):
+            table.add_column(name, overflow="fold",
+                             justify="right" if name in ("steps", "final loss", "examples")
+                             else "left")
+        for a in adapters:
+            loss = f"{a['final_loss']:.3f}" if a["final_loss"] is not None else "-"
+            table.add_row(a["community"], a["base"], a["status"],
+                          f"{a['steps'] or 0}/{a['total_steps'] or '?'}", loss,
+                          f"{a['examples']:,}", escape(a["gguf"] or a["path"]))
+        out.print(table)
+
+
+def _adapters(obj) -> list[dict]:
+    if not obj.db_path.exists():
+        return []
+    return [dict(zip(("community", "base", "status", "steps", "total_steps", "final_loss",
+                      "examples", "path", "gguf", "modelfile"), r, strict=True))
+            for r in obj.db.execute(
+                "SELECT community, base, status, steps, total_steps, final_loss, examples, path,"
+                " gguf, modelfile FROM adapters ORDER BY community, id")]
 
 
 @cli.command()
@@ -561,6 +589,82 @@ def _print_cross(r) -> None:
               f"{rate}", highlight=False)
     for note in r.notes:
         out.print(f"note: {note}", style="dim", highlight=False, soft_wrap=True)
+
+
+@cli.command(name="train")
+@click.argument("community")
+@click.option("--base", help="The base MODEL: a GGUF (embedded, gguf:PATH, a registry name) or a "
+              "Hugging Face folder (default: the registry's base).")
+@click.option("--trainer", type=click.Choice(["peft"]), default="peft", show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps (overrides --epochs).")
+@click.option("--epochs", type=click.FloatRange(min=0.01), default=3.0, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4,
+              show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Examples per optimizer step.")
+@click.option("--micro-batch", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Examples per forward pass (gradient accumulation makes up the rest).")
+@click.option("--rank", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=32.0,
+              show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 1), default=0.05, show_default=True)
+@click.option("--target", "targets", multiple=True,
+              help="Module to adapt (repeatable; default: every linear layer of a block).")
+@click.option("--max-len", type=click.IntRange(min=16), default=2048, show_default=True)
+@click.option("--kind", "kinds", type=click.Choice(["open", "template"]), multiple=True,
+              help="Training pairs: open (CommInst, the default), template, or both.")
+@click.option("--max-examples", type=click.IntRange(min=1), help="Train on a seeded sample.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps.")
+@click.option("--4bit", "four_bit", is_flag=True, help="4-bit base weights (CUDA only).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_obj
+def train_cmd(obj, community, base, trainer, steps, epochs, lr, batch_size, micro_batch, rank,
+              alpha, dropout, targets, max_len, kinds, max_examples, checkpoint_every, device,
+              four_bit, seed):
+    """Train COMMUNITY's LoRA adapter and export it as a GGUF adapter (llama.cpp, Ollama).
+
+    Resumes a killed run from its last checkpoint; a finished run with the same
+    data and settings is reused.
+    """
+    from .llm import load_registry
+    from .train import TrainConfig, TrainError, train
+
+    config = TrainConfig(rank=rank, alpha=alpha, dropout=dropout, lr=lr, epochs=epochs,
+                         steps=steps, batch_size=batch_size, micro_batch=micro_batch,
+                         max_len=max_len, seed=seed, checkpoint_every=checkpoint_every,
+                         device=device, load_in_4bit=four_bit,
+                         target_modules=tuple(targets) or TrainConfig.target_modules)
+    base = base or load_registry().default("base")[0]
+    bar = _progress("training")
+    state = {}
+
+    def on_step(point):
+        if "task" not in state:
+            state["task"] = bar.add_task("steps", total=point["total"],
+                                         completed=point["step"] - 1)
+        bar.update(state["task"], completed=point["step"],
+                   description=f"loss {point['loss']:.3f}, {point['tokens_per_s']:,.0f} tok/s")
+        if not console.is_terminal and point["step"] % max(1, point["total"] // 10) == 0:
+            console.print(f"step {point['step']}/{point['total']}: loss {point['loss']:.3f}, "
+                          f"{point['tokens_per_s']:,.0f} tokens/s", highlight=False)
+
+    try:
+        with bar:
+            row = train(obj.db, community, base, config, kinds=tuple(kinds) or ("open",),
+                        max_examples=max_examples, on_step=on_step)
+    except TrainError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted:[/yellow] run the same command again to continue "
+                      "from the last checkpoint", highlight=False)
+        sys.exit(130)
+    verb = "already trained" if row["reused"] else "trained"
+    out.print(f"r/{row['community']}: {verb} on {row['examples']:,} examples, {row['steps']} "
+              f"steps, final loss {row['final_loss']:.3f}", highlight=False)
+    out.print(f"adapter:   {row['gguf']}", highlight=False, soft_wrap=True)
+    out.print(f"Modelfile: {row['modelfile']}  (ollama create {row['community']}-cci -f "
+              f"{row['modelfile']})", highlight=False, soft_wrap=True)
 
 
 @cli.command(name="export")

@@ -231,10 +231,45 @@ def _v5_teacher_rows(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v6_adapters(db: sqlite_utils.Database) -> None:
+    # One LoRA training run per (community, base, data, settings): ``key`` hashes
+    # them, so a re-run resumes or reuses it.  The adapter is registered when done.
+    db.execute(
+        "CREATE TABLE adapters ("
+        " id INTEGER PRIMARY KEY,"
+        " key TEXT NOT NULL UNIQUE,"
+        " community TEXT NOT NULL REFERENCES communities(name),"
+        " base TEXT NOT NULL,"
+        " base_identity TEXT NOT NULL,"
+        " trainer TEXT NOT NULL,"
+        " data_hash TEXT NOT NULL,"
+        " examples INTEGER NOT NULL,"
+        " settings TEXT NOT NULL,"
+        " status TEXT NOT NULL CHECK (status IN ('training', 'done')),"
+        " steps INTEGER,"
+        " total_steps INTEGER,"
+        " final_loss REAL,"
+        " path TEXT NOT NULL,"
+        " gguf TEXT,"
+        " modelfile TEXT,"
+        " created_at REAL NOT NULL,"
+        " finished_at REAL)"
+    )
+    db.execute(
+        "CREATE TABLE training_curve ("
+        " adapter_id INTEGER NOT NULL REFERENCES adapters(id) ON DELETE CASCADE,"
+        " step INTEGER NOT NULL,"
+        " loss REAL NOT NULL,"
+        " lr REAL,"
+        " tokens_per_s REAL,"
+        " PRIMARY KEY (adapter_id, step))"
+    )
+
+
 # Append only.  MIGRATIONS[i] upgrades a store from version i to version i + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_documents, _v2_llm_calls, _v3_topics, _v4_instructions,
-    _v5_teacher_rows]
+    _v5_teacher_rows, _v6_adapters]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -39,12 +39,16 @@ class LlamaCppBackend(Backend):
     concurrent = False  # one model in this process: calls take turns
 
     def __init__(self, path: str | os.PathLike, *, spec: str | None = None, n_ctx: int = 4096,
-                 n_threads: int | None = None, n_gpu_layers: int = -1, n_batch: int = 512):
+                 n_threads: int | None = None, n_gpu_layers: int = -1, n_batch: int = 512,
+                 lora_path: str | os.PathLike | None = None):
         super().__init__()
         self.path = Path(path).expanduser()
         if not self.path.is_file():
             raise BackendError(f"no GGUF file at {self.path}")
-        self.spec = spec or f"gguf:{self.path}"
+        self.lora_path = Path(lora_path).expanduser() if lora_path else None
+        if self.lora_path and not self.lora_path.is_file():
+            raise BackendError(f"no GGUF LoRA adapter at {self.lora_path}")
+        self.spec = spec or f"gguf:{self.path}" + (f"+{self.lora_path}" if lora_path else "")
         self.n_ctx, self.n_threads, self.n_gpu_layers = n_ctx, n_threads, n_gpu_layers
         self.n_batch = n_batch
         self._llm = None
@@ -65,7 +69,7 @@ class LlamaCppBackend(Backend):
                 llm = llama_cpp.Llama(
                     model_path=str(self.path), n_ctx=self.n_ctx, n_batch=self.n_batch,
                     n_threads=self.n_threads, n_gpu_layers=self.n_gpu_layers if gpu else 0,
-                    verbose=False)
+                    lora_path=str(self.lora_path) if self.lora_path else None, verbose=False)
             except ValueError as e:
                 raise BackendError(f"llama.cpp could not load {self.path}: {e}") from e
             if "tokenizer.chat_template" in llm.metadata:
@@ -74,7 +78,8 @@ class LlamaCppBackend(Backend):
         return self._llm
 
     def identity(self, file_hash: Callable[[Path], str]) -> str:
-        return f"gguf:sha256:{file_hash(self.path)}"
+        adapter = f"+lora:sha256:{file_hash(self.lora_path)}" if self.lora_path else ""
+        return f"gguf:sha256:{file_hash(self.path)}{adapter}"
 
     # -- prompts ------------------------------------------------------------------------
 
@@ -186,6 +191,39 @@ class LlamaCppBackend(Backend):
                 out[option] = top + math.log(sum(math.exp(s - top) for s in scores))
             llm.reset()  # the next chat starts from a clean context
         return out
+
+    def answer_logprob(self, messages: Messages, answer: str) -> tuple[float, int]:
+        """log P(answer | messages) as the assistant's reply, and its token count: the
+        prompt in one pass, then one token at a time (no n_ctx x vocabulary buffer)."""
+        with self._lock:
+            llm = self.llm
+            prompt = self.prompt_tokens(messages)
+            ids = llm.tokenize(answer.encode("utf-8"), add_bos=False, special=False)
+            self._check_fits(len(prompt), len(ids) + 1)
+            llm.reset()
+            llm.eval(prompt)
+            total = 0.0
+            for token in ids:
+                total += float(self._log_softmax_last()[token])
+                llm.eval([token])
+            llm.reset()
+        return total, len(ids)
+
+    def last_logits(self, messages: Messages):
+        """The next-token logits after the prompt (numpy, vocabulary-sized)."""
+        import llama_cpp
+        import numpy as np
+
+        with self._lock:
+            llm = self.llm
+            llm.reset()
+            llm.eval(self.prompt_tokens(messages))
+            pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+            logits = np.ctypeslib.as_array(
+                ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
+                shape=(llm.n_vocab(),)).astype(np.float64)
+            llm.reset()
+        return logits
 
     def describe(self) -> str:
         return f"{self.spec} ({self.path.name})" if self.spec == "embedded" else self.spec

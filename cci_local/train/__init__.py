@@ -1,0 +1,215 @@
+"""The train stage: a LoRA adapter per community (DESIGN 2.1 step 5, 3 Training).
+
+``train(db, community)`` reads the community's training pairs (CommInst answers
+of the train split by default; template pairs with ``kinds``), trains a LoRA
+adapter on the base model with PEFT/torch (weights read straight from the GGUF,
+dequantized, or from a Hugging Face folder), and exports it as a GGUF LoRA
+adapter with an Ollama Modelfile beside it.  Runs are keyed by (community, base,
+data, settings): a finished one is reused, a killed one resumes from its last
+checkpoint.  The adapter and its training curve are registered in the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+from ..store import StoreError, find_community
+from .data import data_hash, encode, training_pairs
+from .gguf_lora import gguf_tensors, modelfile, read_gguf_arch, write_gguf_lora
+from .peft_trainer import TrainConfig, add_lora, pick_device, train_lora
+
+
+class TrainError(StoreError):
+    """Training cannot start as asked (no data, unknown community, base not local)."""
+
+
+@dataclass
+class Base:
+    name: str  # as the user gave it
+    gguf: Path | None  # a GGUF file (embedded, gguf:PATH, a registry entry)
+    hf_dir: Path | None  # or a Hugging Face folder
+
+
+def resolve_base(name: str) -> Base:
+    """MODEL name -> local weights to train on."""
+    path = Path(name.removeprefix("hf:")).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise TrainError(f"{path} is not a Hugging Face model folder (no config.json)")
+        return Base(name, None, path)
+    from ..llm import BackendError, get_backend
+    from ..llm.llama_cpp import LlamaCppBackend
+
+    try:
+        backend = get_backend(name)
+    except BackendError as e:
+        raise TrainError(str(e)) from e
+    if not isinstance(backend, LlamaCppBackend):
+        raise TrainError(f"{name} is served by {backend.spec.split(':')[0]}: training needs the "
+                         "weights on this machine, a GGUF (embedded, gguf:PATH) or a Hugging "
+                         "Face folder (--base /path/to/folder)")
+    return Base(name, backend.path, None)
+
+
+def base_identity(db, base: Base) -> str:
+    from ..llm.cache import file_sha256
+
+    if base.gguf:
+        return f"gguf:sha256:{file_sha256(db, base.gguf)}"
+    digest = hashlib.sha256()
+    for f in sorted(base.hf_dir.glob("*.safetensors")) + [base.hf_dir / "config.json"]:
+        digest.update(file_sha256(db, f).encode())
+    return f"hf:sha256:{digest.hexdigest()}"
+
+
+def load_base(base: Base, config: TrainConfig):
+    """(model, tokenizer) in torch, on the chosen device."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    device = pick_device(config.device)
+    dtype = torch.float32
+    if device == "cuda" and config.dtype in ("auto", "bf16", "fp16"):
+        dtype = torch.bfloat16 if (config.dtype != "fp16" and torch.cuda.is_bf16_supported()) \
+            else torch.float16
+    folder, extra = (str(base.gguf.parent), {"gguf_file": base.gguf.name}) if base.gguf \
+        else (str(base.hf_dir), {})
+    if config.load_in_4bit:
+        if device != "cuda":
+            raise TrainError("--4bit needs a CUDA GPU (bitsandbytes)")
+        from transformers import BitsAndBytesConfig
+
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(folder, **{k: v for k, v in extra.items()
+                                                         if k == "gguf_file"})
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
+    if not config.load_in_4bit:
+        model.to(device)
+    checkpointing = config.gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = device == "cuda"
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    return model, tokenizer
+
+
+def adapters_dir(db: sqlite_utils.Database) -> Path:
+    path = db.conn.execute("PRAGMA database_list").fetchone()[2]
+    return Path(path).resolve().parent / "adapters"
+
+
+def run_key(community: str, base_ident: str, hashed: str, trainer: str, kinds, config) -> str:
+    settings = {k: v for k, v in config.as_dict().items() if k not in ("checkpoint_every",
+                                                                      "device")}
+    blob = json.dumps([community, base_ident, hashed, trainer, list(kinds), settings],
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
+          config: TrainConfig | None = None, *, kinds: tuple[str, ...] = ("open",),
+          max_examples: int | None = None, out_dir: Path | None = None,
+          on_step: Callable[[dict], None] | None = None) -> dict:
+    """Train (or resume, or reuse) ``community``'s adapter; return its store row."""
+    config = config or TrainConfig()
+    name = find_community(db, community)
+    if name is None:
+        raise TrainError(f"no community {community!r} in the store")
+    pairs = training_pairs(db, name, kinds, max_examples=max_examples, seed=config.seed)
+    if not pairs:
+        what = " or ".join("CommInst" if k == "open" else f"{k} pairs" for k in kinds)
+        raise TrainError(f"r/{name} has no {what} in the train split: run `cci-local generate "
+                         f"r/{name}` first" + (" (or train on template pairs: --kind template)"
+                                               if kinds == ("open",) else ""))
+    resolved = resolve_base(base)
+    ident = base_identity(db, resolved)
+    hashed = data_hash(pairs)
+    key = run_key(name, ident, hashed, "peft", kinds, config)
+    row = db.execute("SELECT * FROM adapters WHERE key = ?", [key]).fetchone()
+    if row is not None and dict(zip(_columns(db), row, strict=True))["status"] == "done":
+        return dict(zip(_columns(db), row, strict=True)) | {"reused": True}
+    out = Path(out_dir) if out_dir else adapters_dir(db) / f"{name}-{key[:10]}"
+    out.mkdir(parents=True, exist_ok=True)
+    with db.conn:
+        db.conn.execute(
+            "INSERT OR IGNORE INTO adapters (key, community, base, base_identity, trainer,"
+            " data_hash, examples, settings, status, path, created_at)"
+            " VALUES (?, ?, ?, ?, 'peft', ?, ?, ?, 'training', ?, ?)",
+            [key, name, base, ident, hashed, len(pairs),
+             json.dumps({"kinds": list(kinds), **config.as_dict()}), str(out), time.time()])
+    adapter_id = db.execute("SELECT id FROM adapters WHERE key = ?", [key]).fetchone()[0]
+
+    import torch
+
+    model, tokenizer = load_base(resolved, config)
+    examples = encode(tokenizer, pairs, config.max_len)
+    torch.manual_seed(config.seed)  # the LoRA initialisation
+    model = add_lora(model, config)
+    total = config.total_steps(len(examples))
+    db.execute("UPDATE adapters SET total_steps = ? WHERE id = ?", [total, adapter_id])
+    db.conn.commit()
+
+    def step(point: dict) -> None:
+        db.execute("INSERT OR REPLACE INTO training_curve VALUES (?, ?, ?, ?, ?)",
+                    [adapter_id, point["step"], point["loss"], point["lr"],
+                     point["tokens_per_s"]])
+        if point.get("checkpoint"):
+            db.execute("UPDATE adapters SET steps = ? WHERE id = ?", [point["step"], adapter_id])
+        db.conn.commit()
+        if on_step:
+            on_step(point)
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.filterwarnings("ignore", message="Could not find a config file", module="peft")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+        else tokenizer.eos_token_id
+    result = train_lora(model, examples, config, out, pad_id=pad, on_step=step)
+    paths = export(model, result["state"], resolved, config, out)
+    with db.conn:
+        db.conn.execute(
+            "UPDATE adapters SET status = 'done', steps = ?, final_loss = ?, gguf = ?,"
+            " modelfile = ?, finished_at = ? WHERE id = ?",
+            [result["steps"], result["final_loss"], str(paths["gguf"]), str(paths["modelfile"]),
+             time.time(), adapter_id])
+    row = db.execute("SELECT * FROM adapters WHERE id = ?", [adapter_id]).fetchone()
+    return dict(zip(_columns(db), row, strict=True)) | {"reused": False}
+
+
+def _columns(db) -> list[str]:
+    return [r[1] for r in db.execute("PRAGMA table_info(adapters)")]
+
+
+def export(model, state: dict, base: Base, config: TrainConfig, out: Path) -> dict[str, Path]:
+    """The PEFT folder, the GGUF LoRA adapter and the Ollama Modelfile."""
+    model.save_pretrained(str(out / "peft"))
+    if base.gguf:
+        meta = read_gguf_arch(base.gguf)
+    else:
+        cfg = json.loads((base.hf_dir / "config.json").read_text())
+        meta = {"arch": cfg.get("model_type", "llama"), "n_head": cfg["num_attention_heads"],
+                "n_head_kv": cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
+                "name": cfg.get("_name_or_path", "")}
+    tensors = gguf_tensors(state, arch=meta["arch"], n_head=meta["n_head"],
+                           n_head_kv=meta["n_head_kv"])
+    gguf_path = write_gguf_lora(out / "adapter.gguf", tensors, arch=meta["arch"],
+                                alpha=config.alpha, base_name=meta["name"])
+    mf = out / "Modelfile"
+    mf.write_text(modelfile(base.gguf or base.hf_dir, gguf_path), encoding="utf-8")
+    return {"gguf": gguf_path, "modelfile": mf}
+
+
+__all__ = ["Base", "TrainConfig", "TrainError", "adapters_dir", "export", "resolve_base",
+           "train"]

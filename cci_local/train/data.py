@@ -1,0 +1,59 @@
+"""A community's training pairs, in the base model's chat template, loss on the answer only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import sqlite_utils
+
+IGNORE = -100  # label of a token the loss skips (the prompt)
+
+
+def training_pairs(db: sqlite_utils.Database, community: str, kinds: tuple[str, ...] = ("open",),
+                   split: str = "train", max_examples: int | None = None,
+                   seed: int = 0) -> list[tuple[str, str]]:
+    """(question, this community's answer) for its ``kinds`` pairs in ``split``, in a
+    stable order; ``max_examples`` keeps a seeded sample."""
+    marks = ",".join("?" * len(kinds))
+    rows = db.execute(
+        "SELECT i.question, a.answer FROM instructions i JOIN community_answers a"
+        f" ON a.instruction_id = i.id WHERE a.community = ? AND i.kind IN ({marks})"
+        " AND i.split = ? ORDER BY i.id", [community, *kinds, split]).fetchall()
+    if max_examples is not None and len(rows) > max_examples:
+        keep = np.sort(np.random.default_rng(seed).permutation(len(rows))[:max_examples])
+        rows = [rows[i] for i in keep]
+    return [(q, a) for q, a in rows]
+
+
+def data_hash(pairs: list[tuple[str, str]]) -> str:
+    return hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def chat_prompt(tokenizer, question: str) -> list[int]:
+    """The tokens of a user turn and the assistant's header: what a model answers after."""
+    return list(tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True,
+        return_dict=False))
+
+
+def encode(tokenizer, pairs: list[tuple[str, str]], max_len: int
+           ) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) per pair: the whole exchange in the chat template, the prompt's
+    labels IGNORE so the loss covers the answer (and its end-of-turn) only.  Cut at
+    ``max_len`` tokens; a pair whose prompt alone fills it is skipped."""
+    out = []
+    for question, answer in pairs:
+        prompt = chat_prompt(tokenizer, question)
+        full = list(tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+            tokenize=True, return_dict=False))
+        if full[:len(prompt)] != prompt:  # a template that rewrites earlier turns
+            raise ValueError("the chat template does not keep the prompt as a prefix of the "
+                             "whole exchange; cannot mask the prompt")
+        if len(prompt) >= max_len:
+            continue
+        full = full[:max_len]
+        out.append((full, [IGNORE] * len(prompt) + full[len(prompt):]))
+    return out

@@ -1,0 +1,205 @@
+"""LoRA training with PEFT and torch (CPU, CUDA, MPS): a plain, readable loop.
+
+Each optimizer step sees ``batch_size`` examples, in micro-batches of
+``micro_batch`` (gradient accumulation); the loss is the mean over the answer
+tokens of the whole step, so accumulation gives the gradient of one big batch.
+AdamW, cosine schedule with linear warm-up, gradient clipping.  Every
+``checkpoint_every`` steps the adapter, optimizer, scheduler, step and random
+state are written (atomically) to ``checkpoint/``; a killed run started again
+continues from there and ends where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import IGNORE
+
+
+@dataclass
+class TrainConfig:
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                       "up_proj", "down_proj")
+    lr: float = 2e-4
+    epochs: float = 3.0
+    steps: int | None = None  # overrides epochs
+    batch_size: int = 16  # examples per optimizer step (the paper's batch)
+    micro_batch: int = 4  # examples per forward pass
+    warmup: float = 0.1  # share of steps of linear warm-up
+    max_len: int = 2048
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 50
+    gradient_checkpointing: bool | None = None  # None: on for CUDA, off on CPU
+    dtype: str = "auto"  # auto: bf16 (or fp16) on CUDA, fp32 elsewhere
+    load_in_4bit: bool = False  # CUDA only (bitsandbytes)
+    device: str = "auto"
+
+    def total_steps(self, n_examples: int) -> int:
+        if self.steps:
+            return self.steps
+        return max(1, math.ceil(self.epochs * n_examples / self.batch_size))
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        for key in ("alpha", "dropout", "lr", "epochs", "warmup", "weight_decay",
+                    "max_grad_norm"):
+            d[key] = float(d[key])  # 16 and 16.0 are the same run
+        return d
+
+
+def pick_device(name: str = "auto") -> str:
+    import torch
+
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def example_order(n: int, seed: int, start: int, count: int) -> list[int]:
+    """Examples ``start`` .. ``start + count`` of an endless stream of epochs, each a
+    seeded permutation: the order depends only on the seed, so a resumed run
+    sees exactly the batches the uninterrupted one would."""
+    out = []
+    for k in range(start, start + count):
+        epoch, i = divmod(k, n)
+        out.append(int(np.random.default_rng([seed, epoch]).permutation(n)[i]))
+    return out
+
+
+def _collate(batch, pad_id: int, device):
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (x, y) in enumerate(batch):
+        ids[row, :len(x)] = torch.tensor(x)
+        labels[row, :len(y)] = torch.tensor(y)
+        mask[row, :len(x)] = 1
+    return ids.to(device), labels.to(device), mask.to(device)
+
+
+def add_lora(model, config: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                      target_modules=list(config.target_modules), bias="none",
+                      task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def _save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, losses) -> None:
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().float().cpu().contiguous()
+             for k, v in get_peft_model_state_dict(model).items()}
+    save_file(state, str(tmp / "adapter.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "step": step, "losses": losses, "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+               tmp / "state.pt")
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(folder: Path, model, optimizer, scheduler):
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(folder / "adapter.safetensors")))
+    state = torch.load(folder / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state["step"], state["losses"]
+
+
+def train_lora(model, examples: list[tuple[list[int], list[int]]], config: TrainConfig,
+               out_dir: Path, *, pad_id: int,
+               on_step: Callable[[dict], None] | None = None) -> dict:
+    """Train LoRA on ``model`` (already a PEFT model) over encoded ``examples``; resume
+    from ``out_dir/checkpoint`` if there is one.  Returns the adapter state (numpy),
+    the steps and the final loss."""
+    import torch
+    from peft import get_peft_model_state_dict
+    from transformers import get_cosine_schedule_with_warmup
+
+    if not examples:
+        raise ValueError("no training examples")
+    device = next(model.parameters()).device
+    total = config.total_steps(len(examples))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup * total), total)
+    folder = Path(out_dir) / "checkpoint"
+    step, losses = 0, []
+    torch.manual_seed(config.seed)
+    if (folder / "state.pt").exists():
+        step, losses = _load_checkpoint(folder, model, optimizer, scheduler)
+    model.train()
+    while step < total:
+        start = time.perf_counter()
+        picks = example_order(len(examples), config.seed, step * config.batch_size,
+                              config.batch_size)
+        batch = [examples[i] for i in picks]
+        n_answer = sum(sum(t != IGNORE for t in y[1:]) for _, y in batch) or 1
+        n_tokens, step_loss = 0, 0.0
+        optimizer.zero_grad(set_to_none=True)
+        for m in range(0, len(batch), config.micro_batch):
+            ids, labels, mask = _collate(batch[m:m + config.micro_batch], pad_id, device)
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                ignore_index=IGNORE, reduction="sum") / n_answer
+            loss.backward()
+            step_loss += loss.item()
+            n_tokens += int(mask.sum())
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        seconds = time.perf_counter() - start
+        point = {"step": step, "total": total, "loss": step_loss,
+                 "lr": scheduler.get_last_lr()[0], "tokens_per_s": n_tokens / seconds,
+                 "tokens": n_tokens}
+        losses.append((step, step_loss))
+        if step % config.checkpoint_every == 0 or step == total:
+            _save_checkpoint(folder, model, optimizer, scheduler, step, losses)
+            point["checkpoint"] = True
+        if on_step:
+            on_step(point)
+    state = {k: v.detach().float().cpu().numpy() for k, v in
+             get_peft_model_state_dict(model).items()}
+    return {"state": state, "steps": step, "final_loss": losses[-1][1] if losses else None,
+            "losses": losses}
