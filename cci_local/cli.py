@@ -595,7 +595,8 @@ def _print_cross(r) -> None:
 @click.argument("community")
 @click.option("--base", help="The base MODEL: a GGUF (embedded, gguf:PATH, a registry name) or a "
               "Hugging Face folder (default: the registry's base).")
-@click.option("--trainer", type=click.Choice(["peft"]), default="peft", show_default=True)
+@click.option("--trainer", type=click.Choice(["peft", "mlx"]), default="peft", show_default=True,
+              help="peft: PyTorch (CPU, CUDA, MPS); mlx: mlx-lm (Apple silicon).")
 @click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps (overrides --epochs).")
 @click.option("--epochs", type=click.FloatRange(min=0.01), default=3.0, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4,
@@ -651,7 +652,8 @@ def train_cmd(obj, community, base, trainer, steps, epochs, lr, batch_size, micr
 
     try:
         with bar:
-            row = train(obj.db, community, base, config, kinds=tuple(kinds) or ("open",),
+            row = train(obj.db, community, base, config, trainer=trainer,
+                        kinds=tuple(kinds) or ("open",),
                         max_examples=max_examples, on_step=on_step)
     except TrainError as e:
         _fail(str(e))

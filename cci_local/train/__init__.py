@@ -119,8 +119,12 @@ def run_key(community: str, base_ident: str, hashed: str, trainer: str, kinds, c
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+TRAINERS = ("peft", "mlx")
+
+
 def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
-          config: TrainConfig | None = None, *, kinds: tuple[str, ...] = ("open",),
+          config: TrainConfig | None = None, *, trainer: str = "peft",
+          kinds: tuple[str, ...] = ("open",),
           max_examples: int | None = None, out_dir: Path | None = None,
           on_step: Callable[[dict], None] | None = None) -> dict:
     """Train (or resume, or reuse) ``community``'s adapter; return its store row."""
@@ -137,7 +141,9 @@ def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
     resolved = resolve_base(base)
     ident = base_identity(db, resolved)
     hashed = data_hash(pairs)
-    key = run_key(name, ident, hashed, "peft", kinds, config)
+    if trainer not in TRAINERS:
+        raise TrainError(f"unknown trainer {trainer!r}: use one of {', '.join(TRAINERS)}")
+    key = run_key(name, ident, hashed, trainer, kinds, config)
     row = db.execute("SELECT * FROM adapters WHERE key = ?", [key]).fetchone()
     if row is not None and dict(zip(_columns(db), row, strict=True))["status"] == "done":
         return dict(zip(_columns(db), row, strict=True)) | {"reused": True}
@@ -147,18 +153,12 @@ def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
         db.conn.execute(
             "INSERT OR IGNORE INTO adapters (key, community, base, base_identity, trainer,"
             " data_hash, examples, settings, status, path, created_at)"
-            " VALUES (?, ?, ?, ?, 'peft', ?, ?, ?, 'training', ?, ?)",
-            [key, name, base, ident, hashed, len(pairs),
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'training', ?, ?)",
+            [key, name, base, ident, trainer, hashed, len(pairs),
              json.dumps({"kinds": list(kinds), **config.as_dict()}), str(out), time.time()])
     adapter_id = db.execute("SELECT id FROM adapters WHERE key = ?", [key]).fetchone()[0]
 
-    import torch
-
-    model, tokenizer = load_base(resolved, config)
-    examples = encode(tokenizer, pairs, config.max_len)
-    torch.manual_seed(config.seed)  # the LoRA initialisation
-    model = add_lora(model, config)
-    total = config.total_steps(len(examples))
+    total = config.total_steps(len(pairs))
     db.execute("UPDATE adapters SET total_steps = ? WHERE id = ?", [total, adapter_id])
     db.conn.commit()
 
@@ -174,10 +174,23 @@ def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
 
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     warnings.filterwarnings("ignore", message="Could not find a config file", module="peft")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
-        else tokenizer.eos_token_id
-    result = train_lora(model, examples, config, out, pad_id=pad, on_step=step)
-    paths = export(model, result["state"], resolved, config, out)
+    if trainer == "mlx":
+        from .mlx_trainer import hf_folder, train_mlx
+
+        folder = resolved.hf_dir or hf_folder(resolved.gguf, adapters_dir(db) / ".hf-cache")
+        result = train_mlx(folder, pairs, config, out, on_step=step)
+        paths = export(None, result["state"], resolved, config, out)
+    else:
+        import torch
+
+        model, tokenizer = load_base(resolved, config)
+        examples = encode(tokenizer, pairs, config.max_len)
+        torch.manual_seed(config.seed)  # the LoRA initialisation
+        model = add_lora(model, config)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+            else tokenizer.eos_token_id
+        result = train_lora(model, examples, config, out, pad_id=pad, on_step=step)
+        paths = export(model, result["state"], resolved, config, out)
     with db.conn:
         db.conn.execute(
             "UPDATE adapters SET status = 'done', steps = ?, final_loss = ?, gguf = ?,"
@@ -193,8 +206,9 @@ def _columns(db) -> list[str]:
 
 
 def export(model, state: dict, base: Base, config: TrainConfig, out: Path) -> dict[str, Path]:
-    """The PEFT folder, the GGUF LoRA adapter and the Ollama Modelfile."""
-    model.save_pretrained(str(out / "peft"))
+    """The PEFT folder (PEFT trainer), the GGUF LoRA adapter and the Ollama Modelfile."""
+    if model is not None:
+        model.save_pretrained(str(out / "peft"))
     if base.gguf:
         meta = read_gguf_arch(base.gguf)
     else:
@@ -211,5 +225,5 @@ def export(model, state: dict, base: Base, config: TrainConfig, out: Path) -> di
     return {"gguf": gguf_path, "modelfile": mf}
 
 
-__all__ = ["Base", "TrainConfig", "TrainError", "adapters_dir", "export", "resolve_base",
-           "train"]
+__all__ = ["TRAINERS", "Base", "TrainConfig", "TrainError", "adapters_dir", "export",
+           "resolve_base", "train"]
