@@ -619,17 +619,19 @@ def _print_cross(r) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps.")
 @click.option("--4bit", "four_bit", is_flag=True, help="4-bit base weights (CUDA only).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan and a memory estimate; train nothing.")
 @click.pass_obj
 def train_cmd(obj, community, base, trainer, steps, epochs, lr, batch_size, micro_batch, rank,
               alpha, dropout, targets, max_len, kinds, max_examples, checkpoint_every, device,
-              four_bit, seed):
+              four_bit, seed, dry_run):
     """Train COMMUNITY's LoRA adapter and export it as a GGUF adapter (llama.cpp, Ollama).
 
     Resumes a killed run from its last checkpoint; a finished run with the same
     data and settings is reused.
     """
     from .llm import load_registry
-    from .train import TrainConfig, TrainError, train
+    from .train import TrainConfig, TrainError, plan, train
 
     config = TrainConfig(rank=rank, alpha=alpha, dropout=dropout, lr=lr, epochs=epochs,
                          steps=steps, batch_size=batch_size, micro_batch=micro_batch,
@@ -637,6 +639,14 @@ def train_cmd(obj, community, base, trainer, steps, epochs, lr, batch_size, micr
                          device=device, load_in_4bit=four_bit,
                          target_modules=tuple(targets) or TrainConfig.target_modules)
     base = base or load_registry().default("base")[0]
+    kinds = tuple(kinds) or ("open",)
+    if dry_run:
+        try:
+            _print_plan(plan(obj.db, community, base, config, kinds=kinds,
+                             max_examples=max_examples), base, trainer, config)
+        except TrainError as e:
+            _fail(str(e))
+        return
     bar = _progress("training")
     state = {}
 
@@ -652,8 +662,7 @@ def train_cmd(obj, community, base, trainer, steps, epochs, lr, batch_size, micr
 
     try:
         with bar:
-            row = train(obj.db, community, base, config, trainer=trainer,
-                        kinds=tuple(kinds) or ("open",),
+            row = train(obj.db, community, base, config, trainer=trainer, kinds=kinds,
                         max_examples=max_examples, on_step=on_step)
     except TrainError as e:
         _fail(str(e))
@@ -667,6 +676,31 @@ def train_cmd(obj, community, base, trainer, steps, epochs, lr, batch_size, micr
     out.print(f"adapter:   {row['gguf']}", highlight=False, soft_wrap=True)
     out.print(f"Modelfile: {row['modelfile']}  (ollama create {row['community']}-cci -f "
               f"{row['modelfile']})", highlight=False, soft_wrap=True)
+
+
+def _print_plan(p, base, trainer, config) -> None:
+    table = Table(box=box.SIMPLE_HEAD, title="training plan (nothing trained)",
+                  title_justify="left")
+    table.add_column("")
+    table.add_column("", overflow="fold")
+    s = p.shape
+    rows = [
+        ("base", f"{base}: {s.params / 1e9:.2f}B parameters, {s.layers} layers, hidden "
+                 f"{s.hidden}, vocabulary {s.vocab:,}"),
+        ("trainer", f"{trainer} on {p.device}, weights {p.dtype}"),
+        ("data", f"{p.examples:,} examples, ~{p.answer_tokens:,} answer tokens, longest "
+                 f"~{p.longest:,} tokens (max {config.max_len:,})"),
+        ("steps", f"{p.steps:,} optimizer steps of {config.batch_size} examples "
+                  f"({p.accumulation} micro-batches of {config.micro_batch})"),
+        ("LoRA", f"rank {config.rank}, alpha {config.alpha:g}, dropout {config.dropout:g} on "
+                 f"{', '.join(config.target_modules)}: {p.lora_params / 1e6:.2f}M parameters"),
+        ("schedule", f"AdamW lr {config.lr:g}, cosine, {config.warmup:.0%} warm-up"),
+    ]
+    rows += [(f"memory: {k}", f"{v:.2f} GiB") for k, v in p.memory.items()]
+    rows.append(("memory: total (estimate)", f"{p.total_gib:.2f} GiB"))
+    for k, v in rows:
+        table.add_row(k, v)
+    out.print(table)
 
 
 @cli.command(name="export")

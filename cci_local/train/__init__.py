@@ -122,6 +122,31 @@ def run_key(community: str, base_ident: str, hashed: str, trainer: str, kinds, c
 TRAINERS = ("peft", "mlx")
 
 
+def _pairs(db, community, kinds, max_examples, seed):
+    name = find_community(db, community)
+    if name is None:
+        raise TrainError(f"no community {community!r} in the store")
+    pairs = training_pairs(db, name, kinds, max_examples=max_examples, seed=seed)
+    if not pairs:
+        what = " or ".join("CommInst" if k == "open" else f"{k} pairs" for k in kinds)
+        raise TrainError(f"r/{name} has no {what} in the train split: run `cci-local generate "
+                         f"r/{name}` first" + (" (or train on template pairs: --kind template)"
+                                               if kinds == ("open",) else ""))
+    return name, pairs
+
+
+def plan(db: sqlite_utils.Database, community: str, base: str = "embedded",
+         config: TrainConfig | None = None, *, kinds: tuple[str, ...] = ("open",),
+         max_examples: int | None = None):
+    """What ``train`` would do, and a memory estimate, without loading the model."""
+    from .plan import make_plan, model_shape
+
+    config = config or TrainConfig()
+    _, pairs = _pairs(db, community, kinds, max_examples, config.seed)
+    resolved = resolve_base(base)
+    return make_plan(pairs, model_shape(resolved.gguf, resolved.hf_dir), config)
+
+
 def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
           config: TrainConfig | None = None, *, trainer: str = "peft",
           kinds: tuple[str, ...] = ("open",),
@@ -129,15 +154,7 @@ def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
           on_step: Callable[[dict], None] | None = None) -> dict:
     """Train (or resume, or reuse) ``community``'s adapter; return its store row."""
     config = config or TrainConfig()
-    name = find_community(db, community)
-    if name is None:
-        raise TrainError(f"no community {community!r} in the store")
-    pairs = training_pairs(db, name, kinds, max_examples=max_examples, seed=config.seed)
-    if not pairs:
-        what = " or ".join("CommInst" if k == "open" else f"{k} pairs" for k in kinds)
-        raise TrainError(f"r/{name} has no {what} in the train split: run `cci-local generate "
-                         f"r/{name}` first" + (" (or train on template pairs: --kind template)"
-                                               if kinds == ("open",) else ""))
+    name, pairs = _pairs(db, community, kinds, max_examples, config.seed)
     resolved = resolve_base(base)
     ident = base_identity(db, resolved)
     hashed = data_hash(pairs)
@@ -225,5 +242,5 @@ def export(model, state: dict, base: Base, config: TrainConfig, out: Path) -> di
     return {"gguf": gguf_path, "modelfile": mf}
 
 
-__all__ = ["TRAINERS", "Base", "TrainConfig", "TrainError", "adapters_dir", "export",
+__all__ = ["TRAINERS", "Base", "TrainConfig", "TrainError", "adapters_dir", "export", "plan",
            "resolve_base", "train"]
