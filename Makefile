@@ -33,6 +33,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_backends.py
 	$(BIN)/python benchmarks/bench_topics.py
 	$(BIN)/python benchmarks/bench_generate.py
+	$(BIN)/python benchmarks/bench_train.py
 
 lint: install
 	$(BIN)/ruff check .
