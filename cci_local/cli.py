@@ -161,7 +161,8 @@ def status(obj, as_json):
         return
     table = Table(box=box.SIMPLE_HEAD, title=f"status of {obj.db_path}", title_justify="left",
                   pad_edge=False, collapse_padding=True, padding=(0, 1, 0, 0))
-    keys = [k for k in rows[0] if k not in ("first_utc", "last_utc")]
+    # Source files stay in --json: the table keeps its columns for what stages made.
+    keys = [k for k in rows[0] if k not in ("first_utc", "last_utc", "files")]
     cells = []
     for row in rows:
         values = [f"{row[k]:,}" if isinstance(row[k], int) else str(row[k]) for k in keys]

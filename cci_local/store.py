@@ -413,6 +413,8 @@ STAGE_COUNTS: list[tuple[str, str, str]] = [
     ("template pairs", "community_answers",
      "SELECT a.community, count(*) FROM community_answers a JOIN instructions i"
      " ON i.id = a.instruction_id WHERE i.kind = 'template' GROUP BY a.community"),
+    ("adapters", "adapters",
+     "SELECT community, count(*) FROM adapters WHERE status = 'done' GROUP BY community"),
 ]
 
 
