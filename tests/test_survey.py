@@ -1,0 +1,72 @@
+"""Administering multiple-choice questions to the embedded model."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from conftest import SHARED
+
+from cci_local.evaluate.metrics import accuracy
+from cci_local.evaluate.survey import ask, normalise, question_messages
+from cci_local.llm import NoLogprobs, get_backend
+from cci_local.llm.llama_cpp import LlamaCppBackend, embedded_model_path
+
+SCALE = {"A": "Never", "B": "Sometimes", "C": "Often", "D": "Always"}
+
+
+def items(n: int) -> list[str]:
+    with open(SHARED / "instruments" / "eating_disorder_items.csv", newline="",
+              encoding="utf-8") as fh:
+        return [row["Question"] for row in csv.DictReader(fh)][:n]
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    backend = get_backend("embedded")
+    yield backend
+    backend.close()
+
+
+def test_base_model_against_a_random_key_sits_near_chance(db, embedded):
+    questions = items(48)
+    assert len(questions) == 48
+    key = list(np.random.default_rng(11).choice(list("ABCD"), len(questions)))
+    answers = [ask(db, embedded, question_messages(q, SCALE), list("ABCD")) for q in questions]
+    for a in answers:
+        assert a.method == "logprobs" and sum(a.distribution.values()) == pytest.approx(1)
+        assert a.chosen == max(a.distribution, key=a.distribution.get)
+    est = accuracy([a.chosen for a in answers], key)
+    print(f"embedded base model vs a random key: accuracy {est}")
+    assert est.low <= 0.25 <= est.high and 0.05 < est.value < 0.45
+    calls = embedded.calls
+    again = [ask(db, embedded, question_messages(q, SCALE), list("ABCD")) for q in questions]
+    assert embedded.calls == calls  # the cache answers a repeated survey
+    for first, second in zip(answers, again, strict=True):
+        assert second.distribution == pytest.approx(first.distribution)
+
+
+class WithoutLogprobs(LlamaCppBackend):
+    """The real embedded model with log-probabilities switched off, as a remote server
+    that hides them would be."""
+
+    def option_logprobs(self, messages, options):
+        raise NoLogprobs("this server gives no log-probabilities")
+
+
+def test_sampled_answers_where_a_backend_has_no_logprobs(db):
+    backend = WithoutLogprobs(embedded_model_path(), spec="no-logprobs", n_ctx=2048)
+    messages = question_messages(items(1)[0], SCALE,
+                                 persona="You are a member of the online community r/keto.")
+    answer = ask(db, backend, messages, list("ABCD"), samples=8)
+    assert answer.method == "sampled" and backend.calls == 8
+    assert sum(answer.distribution.values()) == pytest.approx(1)
+    assert all(v * 8 == round(v * 8) for v in answer.distribution.values())
+    assert messages[0]["role"] == "system" and "r/keto" in messages[0]["content"]
+    backend.close()
+
+
+def test_normalise_leaves_out_mass_off_the_options():
+    dist = normalise({"A": np.log(0.2), "B": np.log(0.2), "C": -np.inf, "D": np.log(0.1)})
+    assert dist == pytest.approx({"A": 0.4, "B": 0.4, "C": 0.0, "D": 0.2})
