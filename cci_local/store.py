@@ -266,10 +266,32 @@ def _v6_adapters(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v7_survey_answers(db: sqlite_utils.Database) -> None:
+    # One model's answer to one multiple-choice item.  respondent: 'base',
+    # 'persona:<community>' or 'aligned:<community>'; identity: the model (and
+    # adapter) hashes; wording: a hash of the persona and question template; item:
+    # 'commsurvey:<instruction id>' or '<survey file hash>:<item id>'.
+    db.execute(
+        "CREATE TABLE survey_answers ("
+        " id INTEGER PRIMARY KEY,"
+        " respondent TEXT NOT NULL,"
+        " model TEXT NOT NULL,"
+        " identity TEXT NOT NULL,"
+        " wording TEXT NOT NULL,"
+        " item TEXT NOT NULL,"
+        " instruction_id INTEGER REFERENCES instructions(id) ON DELETE CASCADE,"
+        " chosen TEXT NOT NULL,"
+        " distribution TEXT NOT NULL,"
+        " method TEXT NOT NULL CHECK (method IN ('logprobs', 'sampled')),"
+        " created_at REAL NOT NULL,"
+        " UNIQUE (respondent, identity, wording, item))"
+    )
+
+
 # Append only.  MIGRATIONS[i] upgrades a store from version i to version i + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_documents, _v2_llm_calls, _v3_topics, _v4_instructions,
-    _v5_teacher_rows, _v6_adapters]
+    _v5_teacher_rows, _v6_adapters, _v7_survey_answers]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -70,3 +70,38 @@ def test_sampled_answers_where_a_backend_has_no_logprobs(db):
 def test_normalise_leaves_out_mass_off_the_options():
     dist = normalise({"A": np.log(0.2), "B": np.log(0.2), "C": -np.inf, "D": np.log(0.1)})
     assert dist == pytest.approx({"A": 0.4, "B": 0.4, "C": 0.0, "D": 0.2})
+
+
+def test_commsurvey_items_administered_and_stored_once(db, embedded):
+    import json
+
+    from cci_local.evaluate.survey import administer, commsurvey_items
+    from cci_local.store import ensure_community
+
+    for name in ("keto", "nutrition"):
+        ensure_community(db, name)
+    questions = items(6)
+    for i, q in enumerate(questions):
+        cur = db.execute("INSERT INTO instructions (kind, question, options, source, split,"
+                         " split_by_topic, created_at) VALUES ('choice', ?, ?, ?, ?, 'train', 0)",
+                         [q, json.dumps(SCALE), f"test:{i}", "test" if i < 4 else "train"])
+        db.execute("INSERT INTO community_answers VALUES (?, 'keto', ?, '[]')",
+                   [cur.lastrowid, "ABCD"[i % 4]])
+        db.execute("INSERT INTO community_answers VALUES (?, 'nutrition', 'A', '[]')",
+                   [cur.lastrowid])
+    db.conn.commit()
+    held = commsurvey_items(db, ["keto", "nutrition"])
+    assert [it.question for it in held] == questions[:4]
+    assert held[0].answers == {"keto": "A", "nutrition": "A"} and not held[0].discriminating
+    assert held[1].discriminating
+    assert commsurvey_items(db, ["keto"], split_by="topic") == []
+    first = administer(db, "base", embedded, held)
+    persona = administer(db, "persona:keto", embedded, held,
+                         persona="You are a member of the online community r/keto.")
+    assert db.execute("SELECT count(*) FROM survey_answers").fetchone()[0] == 8
+    calls = embedded.calls
+    again = administer(db, "base", embedded, held)
+    assert embedded.calls == calls and {k: a.chosen for k, a in again.items()} == \
+        {k: a.chosen for k, a in first.items()}
+    assert db.execute("SELECT count(*) FROM survey_answers").fetchone()[0] == 8
+    assert any(persona[k].distribution != first[k].distribution for k in first)

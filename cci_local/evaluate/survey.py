@@ -70,3 +70,74 @@ def ask(db: sqlite_utils.Database, backend: Backend, messages: list[dict], lette
         counts[reply.data["answer"]] += 1
     distribution = {k: v / samples for k, v in counts.items()}
     return Answer(_choice(distribution), distribution, "sampled")
+
+
+@dataclass
+class Item:
+    key: str  # 'commsurvey:<instruction id>' or '<file hash>:<item id>'
+    question: str
+    options: dict[str, str]
+    answers: dict[str, str]  # community -> its letter (the answer key)
+    topic_id: int | None = None
+    instruction_id: int | None = None
+
+    @property
+    def discriminating(self) -> bool:
+        return len(set(self.answers.values())) > 1
+
+
+def commsurvey_items(db: sqlite_utils.Database, communities: list[str],
+                     split_by: str = "random") -> list[Item]:
+    """The held-out CommSurvey questions answered by any of ``communities``: the random
+    split (``split``) or the unseen-topic split (``split_by_topic``)."""
+    import json
+
+    column = "split_by_topic" if split_by == "topic" else "split"
+    items: dict[int, Item] = {}
+    marks = ",".join("?" * len(communities))
+    for iid, question, options, topic_id, community, letter in db.execute(
+            "SELECT i.id, i.question, i.options, i.topic_id, a.community, a.answer"
+            " FROM instructions i JOIN community_answers a ON a.instruction_id = i.id"
+            f" WHERE i.kind = 'choice' AND i.{column} = 'test' AND a.community IN ({marks})"
+            " ORDER BY i.id", communities):
+        item = items.setdefault(iid, Item(f"commsurvey:{iid}", question, json.loads(options),
+                                          {}, topic_id, iid))
+        item.answers[community] = letter
+    return list(items.values())
+
+
+def administer(db: sqlite_utils.Database, respondent: str, backend: Backend, items: list[Item],
+               *, persona: str | None = None, template: str = QUESTION, samples: int = 10,
+               progress=None) -> dict[str, Answer]:
+    """Ask ``backend`` every item (as ``respondent``); store and return the answers.
+    Items answered before by the same model with the same wording are read back."""
+    import hashlib
+    import json
+    import time
+
+    from ..llm.cache import identity
+
+    ident = identity(db, backend)
+    wording = hashlib.sha256(json.dumps([persona, template]).encode()).hexdigest()[:16]
+    done = {row[0]: Answer(row[1], json.loads(row[2]), row[3]) for row in db.execute(
+        "SELECT item, chosen, distribution, method FROM survey_answers WHERE respondent = ?"
+        " AND identity = ? AND wording = ?", [respondent, ident, wording])}
+    out = {}
+    for item in items:
+        if item.key in done:
+            out[item.key] = done[item.key]
+        else:
+            answer = ask(db, backend, question_messages(item.question, item.options,
+                                                        persona=persona, template=template),
+                         list(item.options), samples=samples)
+            db.execute("INSERT OR IGNORE INTO survey_answers (respondent, model, identity,"
+                       " wording, item, instruction_id, chosen, distribution, method,"
+                       " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       [respondent, backend.spec, ident, wording, item.key, item.instruction_id,
+                        answer.chosen, json.dumps(answer.distribution), answer.method,
+                        time.time()])
+            db.conn.commit()
+            out[item.key] = answer
+        if progress:
+            progress(1)
+    return out
