@@ -708,6 +708,81 @@ def _print_plan(p, base, trainer, config) -> None:
     out.print(table)
 
 
+@cli.command(name="survey")
+@click.argument("communities", nargs=-1)
+@click.option("--base", help="The base MODEL (default: the registry's base).")
+@click.option("--split", "split_by", type=click.Choice(["random", "topic"]), default="random",
+              show_default=True, help="Held-out chunk rows, or held-out (unseen) topics.")
+@click.option("--no-persona", is_flag=True, help="Leave out the persona-prompted base.")
+@click.option("--no-aligned", is_flag=True, help="Leave out the communities' adapters.")
+@click.option("--samples", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Sampled answers per question where a backend has no log-probabilities.")
+@click.pass_obj
+def survey_cmd(obj, communities, base, split_by, no_persona, no_aligned, samples):
+    """Administer the held-out CommSurvey of COMMUNITIES (default: all) to the base model,
+    the persona-prompted base and each community's aligned model."""
+    from .evaluate.metrics import majority_baseline
+    from .evaluate.survey import run_survey
+    from .llm import BackendError, load_registry
+    from .store import UnknownCommunity, select_communities
+    from .train import TrainError
+
+    try:
+        names = select_communities(obj.db, list(communities) or None)
+        base = base or load_registry().default("base")[0]
+        bar = _progress("survey")
+        with bar:
+            task = bar.add_task("questions", total=None)
+            result = run_survey(obj.db, names, base, split_by=split_by,
+                                persona=not no_persona, aligned=not no_aligned,
+                                samples=samples, progress=_advance(bar, task))
+    except (UnknownCommunity, TrainError) as e:
+        _fail(str(e))
+    except BackendError as e:
+        _fail(str(e), 1)
+    for note in result.notes:
+        out.print(f"note: {note}", style="dim", highlight=False, soft_wrap=True)
+    if not result.items:
+        return
+    table = Table(box=box.SIMPLE_HEAD, title=f"survey accuracy: held-out CommSurvey, "
+                  f"{split_by} split, 95% bootstrap CI", title_justify="left")
+    for name in ("answer key", "respondent", "questions", "accuracy", "discriminating only"):
+        table.add_column(name, justify="right" if name == "questions" else "left")
+    for c in names:
+        key = result.key(c)
+        if not key:
+            continue
+        for respondent in ["base", f"persona:{c}", f"aligned:{c}"]:
+            if respondent in result.answers:
+                est = result.scores(respondent, c)
+                disc = result.scores(respondent, c, discriminating_only=True)
+                table.add_row(f"r/{c}", respondent, f"{est.n}", _ci(est), _ci(disc))
+        table.add_row(f"r/{c}", "majority letter", f"{len(key)}",
+                      _ci(majority_baseline(list(key.values()))), "", style="dim")
+        table.add_row(f"r/{c}", "random", f"{len(key)}", "0.250", "", style="dim")
+    out.print(table)
+    for kind in ("aligned", "persona"):
+        matrix = result.matrix(names, kind)
+        if len(matrix) < 2:
+            continue
+        table = Table(box=box.SIMPLE_HEAD, title=f"cross-community matrix ({kind}): rows "
+                      "answer, columns are the answer keys", title_justify="left")
+        table.add_column("model")
+        for c in names:
+            table.add_column(f"key r/{c}")
+        for row, cells in matrix.items():
+            best = max(cells, key=lambda c: cells[c].value if cells[c].n else -1)
+            table.add_row(row, *[(f"[bold]{_ci(cells[c])}[/bold]" if c == best else _ci(cells[c]))
+                                 for c in names])
+        out.print(table)
+
+
+def _ci(est) -> str:
+    if not est.n:
+        return "-"
+    return f"{est.value:.3f} [{est.low:.2f}, {est.high:.2f}]"
+
+
 @cli.command(name="export")
 @click.argument("communities", nargs=-1)
 @click.option("--format", "fmt", type=click.Choice(["mlx", "openai", "sharegpt", "csv"]),

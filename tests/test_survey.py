@@ -105,3 +105,38 @@ def test_commsurvey_items_administered_and_stored_once(db, embedded):
         {k: a.chosen for k, a in first.items()}
     assert db.execute("SELECT count(*) FROM survey_answers").fetchone()[0] == 8
     assert any(persona[k].distribution != first[k].distribution for k in first)
+
+
+def test_survey_command_tables_and_notes(tmp_path):
+    import json
+
+    from conftest import cci
+
+    from cci_local.store import ensure_community, open_store
+
+    path = tmp_path / "s.db"
+    db = open_store(path)
+    for name in ("keto", "nutrition"):
+        ensure_community(db, name)
+    for i, q in enumerate(items(5)):
+        cur = db.execute("INSERT INTO instructions (kind, question, options, source, split,"
+                         " split_by_topic, created_at) VALUES ('choice', ?, ?, ?, 'test', 'train',"
+                         " 0)", [q, json.dumps(SCALE), f"test:{i}"])
+        db.execute("INSERT INTO community_answers VALUES (?, 'keto', ?, '[]')",
+                   [cur.lastrowid, "ABCD"[i % 4]])
+        db.execute("INSERT INTO community_answers VALUES (?, 'nutrition', 'D', '[]')",
+                   [cur.lastrowid])
+    db.conn.commit()
+    result = cci("survey", db=path)
+    out = result.stdout
+    assert "survey accuracy: held-out CommSurvey, random split" in out
+    for row in ("base", "persona:keto", "persona:nutrition", "majority letter", "random"):
+        assert row in out
+    assert "cross-community matrix (persona)" in out
+    assert "r/keto has no adapter on embedded: run `cci-local train r/keto`" in out
+    majority = next(line for line in out.splitlines()
+                    if "r/nutrition" in line and "majority letter" in line)
+    assert "1.000" in majority  # nutrition always answers D
+    assert db.execute("SELECT count(*) FROM survey_answers").fetchone()[0] == 15
+    unseen = cci("survey", "--split", "topic", db=path)
+    assert "no held-out CommSurvey questions (topic split)" in unseen.stdout

@@ -141,3 +141,92 @@ def administer(db: sqlite_utils.Database, respondent: str, backend: Backend, ite
         if progress:
             progress(1)
     return out
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+@dataclass
+class SurveyResult:
+    split_by: str
+    items: list[Item]
+    answers: dict[str, dict[str, Answer]]  # respondent -> item key -> answer
+    notes: list[str]
+
+    def key(self, community: str) -> dict[str, str]:
+        return {it.key: it.answers[community] for it in self.items if community in it.answers}
+
+    def scores(self, respondent: str, community: str, *, discriminating_only: bool = False):
+        from .metrics import accuracy
+
+        answers = self.answers.get(respondent, {})
+        keep = [it for it in self.items if community in it.answers and it.key in answers
+                and (it.discriminating or not discriminating_only)]
+        return accuracy([answers[it.key].chosen for it in keep],
+                        [it.answers[community] for it in keep])
+
+    def matrix(self, communities: list[str], kind: str):
+        from .metrics import cross_matrix
+
+        rows = {f"{kind}:{c}": {it: a.chosen for it, a in self.answers[f"{kind}:{c}"].items()}
+                for c in communities if f"{kind}:{c}" in self.answers}
+        return cross_matrix(rows, {c: self.key(c) for c in communities})
+
+
+def aligned_backend(db: sqlite_utils.Database, community: str, base: str):
+    """base + the community's newest finished adapter trained on that base, or None."""
+    from ..llm.llama_cpp import LlamaCppBackend
+    from ..train import base_identity, resolve_base
+
+    resolved = resolve_base(base)
+    if resolved.gguf is None:
+        return None
+    row = db.execute("SELECT gguf FROM adapters WHERE community = ? AND status = 'done' AND"
+                     " base_identity = ? ORDER BY id DESC LIMIT 1",
+                     [community, base_identity(db, resolved)]).fetchone()
+    if row is None or not row[0]:
+        return None
+    return LlamaCppBackend(resolved.gguf, spec=f"{base}+adapter:{community}", lora_path=row[0])
+
+
+def run_survey(db: sqlite_utils.Database, communities: list[str], base: str = "embedded", *,
+               split_by: str = "random", persona: bool = True, aligned: bool = True,
+               persona_text: str = PERSONA, template: str = QUESTION, samples: int = 10,
+               progress=None) -> SurveyResult:
+    """Administer the held-out CommSurvey of ``communities`` to the base model, the base
+    with each community's persona, and each community's aligned model."""
+    from ..llm import get_backend
+
+    items = commsurvey_items(db, communities, split_by)
+    notes: list[str] = []
+    if not items:
+        notes.append(f"no held-out CommSurvey questions ({split_by} split) for these "
+                     "communities: run `cci-local generate` first")
+        return SurveyResult(split_by, items, {}, notes)
+    backend = get_backend(base)
+    plan = [("base", backend, None)]
+    if persona:
+        plan += [(f"persona:{c}", backend, persona_text.format(community=c))
+                 for c in communities]
+    extra = []
+    if aligned:
+        for c in communities:
+            adapted = aligned_backend(db, c, base)
+            if adapted is None:
+                notes.append(f"r/{c} has no adapter on {base}: run `cci-local train r/{c}` "
+                             "to add its aligned model")
+            else:
+                plan.append((f"aligned:{c}", adapted, None))
+                extra.append(adapted)
+    if progress:
+        progress("total", len(plan) * len(items))
+    answers = {}
+    try:
+        for respondent, model, system in plan:
+            answers[respondent] = administer(
+                db, respondent, model, items, persona=system, template=template,
+                samples=samples, progress=(lambda n: progress("advance", n)) if progress else None)
+    finally:
+        for model in [backend, *extra]:
+            model.close()
+    return SurveyResult(split_by, items, answers, notes)
