@@ -364,16 +364,9 @@ def topics(obj, communities, embedder, reducer, min_cluster_size, n_topics, n_ke
                _DocsPerSecond(), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
         task = bar.add_task("embed", total=None)
-
-        def progress(kind, n):
-            if kind == "total":
-                bar.update(task, total=n)
-            else:
-                bar.advance(task, n)
-
         try:
             summary = fit_topics(obj.db, list(communities) or None, params, force=force,
-                                 progress=progress)
+                                 progress=_advance(bar, task))
         except (TopicsError, EmbedderError) as e:
             _fail(str(e))
     _print_topics(summary)

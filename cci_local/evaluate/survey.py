@@ -10,7 +10,10 @@ through the prompt cache, so a repeated survey makes no model call.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import time
 from dataclasses import dataclass
 
 import sqlite_utils
@@ -90,8 +93,6 @@ def commsurvey_items(db: sqlite_utils.Database, communities: list[str],
                      split_by: str = "random") -> list[Item]:
     """The held-out CommSurvey questions answered by any of ``communities``: the random
     split (``split``) or the unseen-topic split (``split_by_topic``)."""
-    import json
-
     column = "split_by_topic" if split_by == "topic" else "split"
     items: dict[int, Item] = {}
     marks = ",".join("?" * len(communities))
@@ -111,10 +112,6 @@ def administer(db: sqlite_utils.Database, respondent: str, backend: Backend, ite
                progress=None) -> dict[str, Answer]:
     """Ask ``backend`` every item (as ``respondent``); store and return the answers.
     Items answered before by the same model with the same wording are read back."""
-    import hashlib
-    import json
-    import time
-
     from ..llm.cache import identity
 
     ident = identity(db, backend)

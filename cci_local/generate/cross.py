@@ -101,8 +101,9 @@ class _Row:
     docs: dict[str, list[tuple[str, str]]]  # community -> (doc id, text), as stored
     split: str
     split_by_topic: str
-    messages: list[dict] | None = None
-    shown: dict[str, list[str]] = field(default_factory=dict)
+    messages: list[dict] | None = None  # the first ask's prompt, once fitted
+    shown: dict[str, list[str]] = field(default_factory=dict)  # doc ids shown
+    shown_texts: dict[str, list[str]] = field(default_factory=dict)  # as shown (clipped)
     max_tokens: int = 0
     attempt: int = 0
     feedback: list[str] = field(default_factory=list)
@@ -209,6 +210,7 @@ def fit_prompt(backend: Backend, row: _Row, options: CrossOptions, context: int)
                            "of every community: use a teacher with a larger context or a "
                            "smaller --doc-words")
     row.shown = {c: [i for i, _ in v] for c, v in shown.items()}
+    row.shown_texts = {c: [t for _, t in v] for c, v in shown.items()}
 
 
 # --------------------------------------------------------------------------- the rows
@@ -377,9 +379,8 @@ def cross_instruct(db: sqlite_utils.Database, communities: list[str] | None, tea
             key = tuple(row.communities)
             if key not in schemas:
                 schemas[key] = row_schema(row.communities, options.n_open, options.n_choice)
-            messages = (row.messages if not row.feedback else build_messages(
-                row.keywords, _shown_texts(row, options), options.n_open, options.n_choice,
-                options.max_answer_words, row.feedback))
+            messages = build_messages(row.keywords, row.shown_texts, options.n_open,
+                                      options.n_choice, options.max_answer_words, row.feedback)
             requests.append(Request(messages, schemas[key], Sampling(
                 max_tokens=row.max_tokens, temperature=options.temperature,
                 seed=_attempt_seed(options.seed, row.id, row.attempt))))
@@ -420,11 +421,6 @@ def cross_instruct(db: sqlite_utils.Database, communities: list[str] | None, tea
         report.notes.append("the topic run has no chunk rows for these communities: refit "
                             "topics with smaller chunks (`cci-local topics --chunk-docs 3 10`)")
     return report
-
-
-def _shown_texts(row: _Row, options: CrossOptions) -> dict[str, list[str]]:
-    texts = {c: dict(row.docs[c]) for c in row.communities}
-    return {c: [_clip(texts[c][i], options.doc_words) for i in ids] for c, ids in row.shown.items()}
 
 
 def _completion_tokens(db, call_id: int) -> int:

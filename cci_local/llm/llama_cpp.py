@@ -145,14 +145,19 @@ class LlamaCppBackend(Backend):
                 if piece:
                     yield piece
 
-    def _log_softmax_last(self) -> list[float]:
+    def _logits_last(self):
+        """The logits at the last evaluated position (float64 copy, vocabulary-sized)."""
         import llama_cpp
         import numpy as np
 
-        n_vocab = self.llm.n_vocab()
         pointer = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
-        logits = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
-                                       shape=(n_vocab,)).astype(np.float64)
+        return np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
+                                     shape=(self.llm.n_vocab(),)).astype(np.float64)
+
+    def _log_softmax_last(self) -> list[float]:
+        import numpy as np
+
+        logits = self._logits_last()
         top = logits.max()
         return logits - (top + math.log(np.exp(logits - top).sum()))
 
@@ -211,17 +216,11 @@ class LlamaCppBackend(Backend):
 
     def last_logits(self, messages: Messages):
         """The next-token logits after the prompt (numpy, vocabulary-sized)."""
-        import llama_cpp
-        import numpy as np
-
         with self._lock:
             llm = self.llm
             llm.reset()
             llm.eval(self.prompt_tokens(messages))
-            pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
-            logits = np.ctypeslib.as_array(
-                ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
-                shape=(llm.n_vocab(),)).astype(np.float64)
+            logits = self._logits_last()
             llm.reset()
         return logits
 

@@ -161,9 +161,9 @@ def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
     if trainer not in TRAINERS:
         raise TrainError(f"unknown trainer {trainer!r}: use one of {', '.join(TRAINERS)}")
     key = run_key(name, ident, hashed, trainer, kinds, config)
-    row = db.execute("SELECT * FROM adapters WHERE key = ?", [key]).fetchone()
-    if row is not None and dict(zip(_columns(db), row, strict=True))["status"] == "done":
-        return dict(zip(_columns(db), row, strict=True)) | {"reused": True}
+    row = _adapter(db, "key = ?", key)
+    if row is not None and row["status"] == "done":
+        return row | {"reused": True}
     out = Path(out_dir) if out_dir else adapters_dir(db) / f"{name}-{key[:10]}"
     out.mkdir(parents=True, exist_ok=True)
     with db.conn:
@@ -214,12 +214,13 @@ def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
             " modelfile = ?, finished_at = ? WHERE id = ?",
             [result["steps"], result["final_loss"], str(paths["gguf"]), str(paths["modelfile"]),
              time.time(), adapter_id])
-    row = db.execute("SELECT * FROM adapters WHERE id = ?", [adapter_id]).fetchone()
-    return dict(zip(_columns(db), row, strict=True)) | {"reused": False}
+    return _adapter(db, "id = ?", adapter_id) | {"reused": False}
 
 
-def _columns(db) -> list[str]:
-    return [r[1] for r in db.execute("PRAGMA table_info(adapters)")]
+def _adapter(db, where: str, value) -> dict | None:
+    cur = db.execute(f"SELECT * FROM adapters WHERE {where}", [value])
+    row = cur.fetchone()
+    return None if row is None else dict(zip([d[0] for d in cur.description], row, strict=True))
 
 
 def export(model, state: dict, base: Base, config: TrainConfig, out: Path) -> dict[str, Path]:

@@ -98,25 +98,28 @@ def _tensor_order(name: str):
     return (int(parts[1]), parts[2], parts[-1])
 
 
+def gguf_value(reader, key: str, default=None):
+    """A scalar or string field of a ``gguf.GGUFReader``'s metadata (``default`` if absent)."""
+    import gguf
+
+    field = reader.fields.get(key)
+    if field is None:
+        return default
+    part = field.parts[field.data[0]]
+    return bytes(part).decode() if field.types[0] == gguf.GGUFValueType.STRING \
+        else part.tolist()[0]
+
+
 def read_gguf_arch(gguf_path: str | Path) -> dict:
     """Architecture, heads and key-value heads of a GGUF model, from its metadata."""
     import gguf
 
     reader = gguf.GGUFReader(str(gguf_path))
-
-    def value(key):
-        field = reader.fields.get(key)
-        if field is None:
-            return None
-        part = field.parts[field.data[0]]
-        return bytes(part).decode() if field.types[0] == gguf.GGUFValueType.STRING \
-            else part.tolist()[0]
-
-    arch = value("general.architecture")
-    n_head = value(f"{arch}.attention.head_count")
+    arch = gguf_value(reader, "general.architecture")
+    n_head = gguf_value(reader, f"{arch}.attention.head_count")
     return {"arch": arch, "n_head": n_head,
-            "n_head_kv": value(f"{arch}.attention.head_count_kv") or n_head,
-            "name": value("general.name") or ""}
+            "n_head_kv": gguf_value(reader, f"{arch}.attention.head_count_kv") or n_head,
+            "name": gguf_value(reader, "general.name") or ""}
 
 
 def modelfile(base_gguf: str | Path, adapter: str | Path) -> str:

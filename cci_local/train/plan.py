@@ -45,13 +45,14 @@ def model_shape(gguf: Path | None, hf_dir: Path | None) -> Shape:
     if gguf is not None:
         import gguf as gg
 
+        from .gguf_lora import gguf_value
+
         reader = gg.GGUFReader(str(gguf))
 
         def value(key, default=None):
-            f = reader.fields.get(key)
-            return f.parts[f.data[0]].tolist()[0] if f is not None else default
+            return gguf_value(reader, key, default)
 
-        arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+        arch = value("general.architecture")
         tokens = reader.fields.get("tokenizer.ggml.tokens")
         heads = value(f"{arch}.attention.head_count")
         return Shape(sum(int(t.n_elements) for t in reader.tensors),
