@@ -143,3 +143,19 @@ def test_model_identity_is_the_file_hash(db):
     expected = hashlib.sha256(embedded_model_path().read_bytes()).hexdigest()
     assert identity(db, get_backend("embedded")) == f"gguf:sha256:{expected}"
     assert db.execute("SELECT sha256 FROM file_hashes").fetchone()[0] == expected
+
+
+def test_prompt_prefix_reuse_gives_the_fresh_answer(embedded):
+    """option_logprobs reuses the cached keys/values of the prefix a prompt shares
+    with the last one (the system turn, here): the scores equal a fresh context's."""
+    other = [{"role": "user", "content": "Something else entirely: how are you today?"}]
+    embedded.llm.reset()
+    fresh_answer = embedded.answer_logprob(QUESTION, "B) Often")
+    embedded.llm.reset()
+    fresh = embedded.option_logprobs(QUESTION, ["A", "B", "C", "D"])
+    embedded.option_logprobs(other, ["A", "B"])
+    shared = embedded.llm.n_tokens
+    after_other = embedded.option_logprobs(QUESTION, ["A", "B", "C", "D"])
+    repeated = embedded.option_logprobs(QUESTION, ["A", "B", "C", "D"])  # all but 2 cached
+    assert shared > 0 and after_other == fresh and repeated == fresh
+    assert embedded.answer_logprob(QUESTION, "B) Often") == fresh_answer

@@ -170,16 +170,33 @@ class LlamaCppBackend(Backend):
                 variants.append(ids)
         return variants
 
+    def _eval_prompt(self, tokens: list[int]) -> None:
+        """Evaluate ``tokens`` from the start of the context, reusing the key/value cache
+        of the longest prefix they share with what was evaluated last (the chat
+        template's system turn, a persona, a question asked before): only the rest is
+        computed.  At least the last two tokens are evaluated: llama.cpp computes a
+        one-token batch with other kernels (logits differ by up to ~0.5), while any
+        longer batch gives the same logits as evaluating the whole prompt at once."""
+        import numpy as np
+
+        llm = self.llm
+        limit = max(0, min(llm.n_tokens, len(tokens) - 2))
+        # input_ids[:n_tokens]: the tokens whose keys/values are in the cache
+        differ = np.flatnonzero(llm.input_ids[:limit] != np.asarray(tokens[:limit]))
+        keep = int(differ[0]) if len(differ) else limit
+        llm.n_tokens = keep  # eval() drops the cache past this point
+        llm.eval(tokens[keep:])
+
     def option_logprobs(self, messages: Messages, options: list[str]) -> dict[str, float]:
         """log P(reply starts with option), summed over its spellings (with and
-        without a leading space).  One forward pass over the prompt; options longer
-        than one token cost one more pass per extra token, reusing the prompt."""
+        without a leading space).  One forward pass over the prompt (less the prefix
+        cached from the last call); options longer than one token cost one more pass
+        per extra token, reusing the prompt."""
         with self._lock:
             llm = self.llm
             tokens = self.prompt_tokens(messages)
             self._check_fits(len(tokens), 8)
-            llm.reset()
-            llm.eval(tokens)
+            self._eval_prompt(tokens)
             first = self._log_softmax_last()
             n_prompt = llm.n_tokens
             out = {}
@@ -194,7 +211,7 @@ class LlamaCppBackend(Backend):
                     scores.append(score)
                 top = max(scores)
                 out[option] = top + math.log(sum(math.exp(s - top) for s in scores))
-            llm.reset()  # the next chat starts from a clean context
+            llm.n_tokens = n_prompt  # the cache holds the prompt, for the next call
         return out
 
     def answer_logprob(self, messages: Messages, answer: str) -> tuple[float, int]:
@@ -205,24 +222,18 @@ class LlamaCppBackend(Backend):
             prompt = self.prompt_tokens(messages)
             ids = llm.tokenize(answer.encode("utf-8"), add_bos=False, special=False)
             self._check_fits(len(prompt), len(ids) + 1)
-            llm.reset()
-            llm.eval(prompt)
+            self._eval_prompt(prompt)
             total = 0.0
             for token in ids:
                 total += float(self._log_softmax_last()[token])
                 llm.eval([token])
-            llm.reset()
         return total, len(ids)
 
     def last_logits(self, messages: Messages):
         """The next-token logits after the prompt (numpy, vocabulary-sized)."""
         with self._lock:
-            llm = self.llm
-            llm.reset()
-            llm.eval(self.prompt_tokens(messages))
-            logits = self._logits_last()
-            llm.reset()
-        return logits
+            self._eval_prompt(self.prompt_tokens(messages))
+            return self._logits_last()
 
     def describe(self) -> str:
         return f"{self.spec} ({self.path.name})" if self.spec == "embedded" else self.spec
