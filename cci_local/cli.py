@@ -703,57 +703,126 @@ def _print_plan(p, base, trainer, config) -> None:
 
 @cli.command(name="survey")
 @click.argument("communities", nargs=-1)
+@click.option("--survey", "survey_file", type=click.Path(dir_okay=False),
+              help="A survey FILE of your own (CSV or JSON: question, options, each "
+                   "community's answer letter or distribution) instead of CommSurvey.")
 @click.option("--base", help="The base MODEL (default: the registry's base).")
 @click.option("--split", "split_by", type=click.Choice(["random", "topic"]), default="random",
               show_default=True, help="Held-out chunk rows, or held-out (unseen) topics.")
+@click.option("--scoring", type=click.Choice(["letter", "text"]), default="letter",
+              show_default=True, help="Score each option's letter as the reply (the paper's "
+              "way), or its whole text (for small models that cannot map letters).")
 @click.option("--no-persona", is_flag=True, help="Leave out the persona-prompted base.")
 @click.option("--no-aligned", is_flag=True, help="Leave out the communities' adapters.")
+@click.option("--persona-text", default=None, metavar="TEXT",
+              help="The persona system prompt; {community} is replaced.  [default: "
+                   "'You are a member of the online community r/{community}. ...']")
+@click.option("--question-template", default=None, metavar="TEXT",
+              help="How a question is put: must contain {question} and {options}.")
 @click.option("--samples", type=click.IntRange(min=1), default=10, show_default=True,
               help="Sampled answers per question where a backend has no log-probabilities.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.pass_obj
-def survey_cmd(obj, communities, base, split_by, no_persona, no_aligned, samples):
-    """Administer the held-out CommSurvey of COMMUNITIES (default: all) to the base model,
-    the persona-prompted base and each community's aligned model."""
-    from .evaluate.metrics import majority_baseline
-    from .evaluate.survey import run_survey
+def survey_cmd(obj, communities, survey_file, base, split_by, scoring, no_persona, no_aligned,
+               persona_text, question_template, samples, as_json):
+    """Administer a survey to the base model, the persona-prompted base and each
+    community's aligned model: the held-out CommSurvey of COMMUNITIES (default: all),
+    or with --survey a file of your own.  Answers are stored; a re-run asks nothing twice."""
+    from .evaluate.survey import PERSONA, QUESTION, run_survey
+    from .evaluate.survey_file import SurveyFileError, load_survey, survey_communities
     from .llm import BackendError, load_registry
-    from .store import UnknownCommunity, select_communities
+    from .store import UnknownCommunity, normalise_community, select_communities
     from .train import TrainError
 
+    template = question_template or QUESTION
+    persona_text = persona_text or PERSONA
+    for field, text, needs in (("--question-template", template, ("question", "options")),
+                               ("--persona-text", persona_text, ())):
+        try:
+            text.format(question="", options="", community="")
+        except (KeyError, IndexError, ValueError) as e:
+            _fail(f"{field}: only {{question}}, {{options}} and {{community}} can be "
+                  f"replaced ({type(e).__name__}: {e})")
+        missing = [n for n in needs if "{" + n + "}" not in text]
+        if missing:
+            _fail(f"{field} must contain " + " and ".join("{" + n + "}" for n in missing))
+    survey_id = None
     try:
-        names = select_communities(obj.db, list(communities) or None)
+        if survey_file:
+            survey_id = load_survey(obj.db, survey_file)
+            known = survey_communities(obj.db, survey_id)
+            names = [normalise_community(c) for c in communities] or known
+            unknown = [c for c in names if c not in known]
+            if unknown:
+                _fail(f"{survey_file} has no answers for " + ", ".join(f"r/{c}" for c in unknown)
+                      + " (it has " + ", ".join(f"r/{c}" for c in known) + ")")
+        else:
+            names = select_communities(obj.db, list(communities) or None)
         base = base or load_registry().default("base")[0]
         bar = _progress("survey")
         with bar:
             task = bar.add_task("questions", total=None)
-            result = run_survey(obj.db, names, base, split_by=split_by,
+            result = run_survey(obj.db, names, base, split_by=split_by, survey_id=survey_id,
                                 persona=not no_persona, aligned=not no_aligned,
+                                persona_text=persona_text, template=template, scoring=scoring,
                                 samples=samples, progress=_advance(bar, task))
-    except (UnknownCommunity, TrainError) as e:
+    except (UnknownCommunity, TrainError, SurveyFileError) as e:
         _fail(str(e))
     except BackendError as e:
         _fail(str(e), 1)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(names), indent=2))
+        return
     for note in result.notes:
         out.print(f"note: {note}", style="dim", highlight=False, soft_wrap=True)
-    if not result.items:
-        return
-    table = Table(box=box.SIMPLE_HEAD, title=f"survey accuracy: held-out CommSurvey, "
-                  f"{split_by} split, 95% bootstrap CI", title_justify="left")
-    for name in ("answer key", "respondent", "questions", "accuracy", "discriminating only"):
+    if result.items:
+        _survey_tables(result, names)
+
+
+def _survey_tables(result, names: list[str]) -> None:
+    from .evaluate.metrics import majority_baseline, random_baseline
+    from .evaluate.survey import respondents
+
+    with_dists = any(it.distributions for it in result.items)
+    table = Table(box=box.SIMPLE_HEAD, title=f"survey accuracy: {result.source}, "
+                  f"{result.scoring} scoring, 95% bootstrap CI", title_justify="left")
+    columns = ["answer key", "respondent", "questions", "accuracy", "discriminating only"]
+    for name in columns + (["representativeness"] if with_dists else []):
         table.add_column(name, justify="right" if name == "questions" else "left")
     for c in names:
         key = result.key(c)
         if not key:
             continue
-        for respondent in ["base", f"persona:{c}", f"aligned:{c}"]:
+        for respondent in respondents(c):
             if respondent in result.answers:
                 est = result.scores(respondent, c)
                 disc = result.scores(respondent, c, discriminating_only=True)
-                table.add_row(f"r/{c}", respondent, f"{est.n}", _ci(est), _ci(disc))
+                extra = [_ci(result.representativeness(respondent, c))] if with_dists else []
+                table.add_row(f"r/{c}", respondent, f"{est.n}", _ci(est), _ci(disc), *extra)
+        chance = random_baseline([len(it.options) for it in result.items if c in it.answers])
         table.add_row(f"r/{c}", "majority letter", f"{len(key)}",
                       _ci(majority_baseline(list(key.values()))), "", style="dim")
-        table.add_row(f"r/{c}", "random", f"{len(key)}", "0.250", "", style="dim")
+        table.add_row(f"r/{c}", "random", f"{len(key)}", f"{chance:.3f}", "", style="dim")
+        for other in names:
+            if with_dists and other != c and result.between(c, other).n:
+                table.add_row(f"r/{c}", f"r/{other}'s real answers", "", "", "",
+                              _ci(result.between(c, other)), style="dim")
     out.print(table)
+    topics = {c: result.topics(c) for c in names}
+    if any(topics.values()):
+        shown = [r for r in ("base", "persona", "aligned")
+                 if any(r == k.split(":")[0] for k in result.answers)]
+        table = Table(box=box.SIMPLE_HEAD, title="accuracy per topic, 95% bootstrap CI",
+                      title_justify="left")
+        for name in ["answer key", "topic", "questions", *shown]:
+            table.add_column(name, justify="right" if name == "questions" else "left")
+        for c in names:
+            for t in topics[c]:
+                cells = {r: result.scores(r if r == "base" else f"{r}:{c}", c, topic=t)
+                         for r in shown}
+                n = max(e.n for e in cells.values())
+                table.add_row(f"r/{c}", t, f"{n}", *[_ci(cells[r]) for r in shown])
+        out.print(table)
     for kind in ("aligned", "persona"):
         matrix = result.matrix(names, kind)
         if len(matrix) < 2:

@@ -288,10 +288,41 @@ def _v7_survey_answers(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v8_outside_surveys(db: sqlite_utils.Database) -> None:
+    # A researcher's own survey file (``survey --survey FILE``), loaded once per
+    # content hash.  Per item: options (letter -> text), the answer letter per
+    # community and, where the file gives them, the answer distributions.
+    db.execute(
+        "CREATE TABLE surveys ("
+        " id TEXT PRIMARY KEY,"
+        " name TEXT NOT NULL,"
+        " path TEXT NOT NULL,"
+        " items INTEGER NOT NULL,"
+        " loaded_at REAL NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE survey_items ("
+        " survey_id TEXT NOT NULL REFERENCES surveys(id) ON DELETE CASCADE,"
+        " item_id TEXT NOT NULL,"
+        " position INTEGER NOT NULL,"
+        " question TEXT NOT NULL,"
+        " options TEXT NOT NULL,"
+        " topic TEXT,"
+        " ordinal INTEGER NOT NULL,"
+        " answers TEXT NOT NULL,"
+        " distributions TEXT NOT NULL,"
+        " PRIMARY KEY (survey_id, item_id))"
+    )
+    # How the answer was read: 'letter' (log-probability of each option's letter) or
+    # 'text' (of each option's whole text as the reply).
+    db.execute("ALTER TABLE survey_answers ADD COLUMN scoring TEXT NOT NULL DEFAULT 'letter'")
+
+
 # Append only.  MIGRATIONS[i] upgrades a store from version i to version i + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_documents, _v2_llm_calls, _v3_topics, _v4_instructions,
-    _v5_teacher_rows, _v6_adapters, _v7_survey_answers]
+    _v5_teacher_rows, _v6_adapters, _v7_survey_answers,
+    _v8_outside_surveys]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

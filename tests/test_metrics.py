@@ -50,6 +50,13 @@ def test_wasserstein_and_representativeness_by_hand():
     assert wasserstein_ordinal([1, 0, 0], [0, 0, 1], [0, 1, 10]) == pytest.approx(10)
     rep = representativeness([[1, 0, 0, 0], [0.5, 0.5, 0, 0]], [[0, 0, 0, 1], [0, 0.5, 0.5, 0]])
     assert rep.value == pytest.approx(((1 - 3 / 3) + (1 - 1 / 3)) / 2)
+    # Unordered options (values None): the discrete metric, W1 = total variation.
+    # first vs last is then distance 1 (not 3/3 by position), 0.5/0.5 vs 0/0.5/0.5: 0.5.
+    mixed = representativeness([[1, 0, 0, 0], [0.5, 0.5, 0]], [[0, 0, 0, 1], [0, 0.5, 0.5]],
+                               [None, [0, 1, 2]])
+    assert mixed.value == pytest.approx(((1 - 1) + (1 - 1 / 2)) / 2)
+    nominal = representativeness([[0.5, 0.5, 0]], [[0, 0.5, 0.5]], [None])
+    assert nominal.value == pytest.approx(1 - 0.5)
 
 
 def test_cross_matrix_and_paired_difference():

@@ -33,7 +33,7 @@ def test_base_model_against_a_random_key_sits_near_chance(db, embedded):
     questions = items(48)
     assert len(questions) == 48
     key = list(np.random.default_rng(11).choice(list("ABCD"), len(questions)))
-    answers = [ask(db, embedded, question_messages(q, SCALE), list("ABCD")) for q in questions]
+    answers = [ask(db, embedded, question_messages(q, SCALE), SCALE) for q in questions]
     for a in answers:
         assert a.method == "logprobs" and sum(a.distribution.values()) == pytest.approx(1)
         assert a.chosen == max(a.distribution, key=a.distribution.get)
@@ -41,7 +41,7 @@ def test_base_model_against_a_random_key_sits_near_chance(db, embedded):
     print(f"embedded base model vs a random key: accuracy {est}")
     assert est.low <= 0.25 <= est.high and 0.05 < est.value < 0.45
     calls = embedded.calls
-    again = [ask(db, embedded, question_messages(q, SCALE), list("ABCD")) for q in questions]
+    again = [ask(db, embedded, question_messages(q, SCALE), SCALE) for q in questions]
     assert embedded.calls == calls  # the cache answers a repeated survey
     for first, second in zip(answers, again, strict=True):
         assert second.distribution == pytest.approx(first.distribution)
@@ -59,7 +59,7 @@ def test_sampled_answers_where_a_backend_has_no_logprobs(db):
     backend = WithoutLogprobs(embedded_model_path(), spec="no-logprobs", n_ctx=2048)
     messages = question_messages(items(1)[0], SCALE,
                                  persona="You are a member of the online community r/keto.")
-    answer = ask(db, backend, messages, list("ABCD"), samples=8)
+    answer = ask(db, backend, messages, SCALE, samples=8)
     assert answer.method == "sampled" and backend.calls == 8
     assert sum(answer.distribution.values()) == pytest.approx(1)
     assert all(v * 8 == round(v * 8) for v in answer.distribution.values())
@@ -129,7 +129,7 @@ def test_survey_command_tables_and_notes(tmp_path):
     db.conn.commit()
     result = cci("survey", db=path)
     out = result.stdout
-    assert "survey accuracy: held-out CommSurvey, random split" in out
+    assert "survey accuracy: held-out CommSurvey (random split), letter scoring" in out
     for row in ("base", "persona:keto", "persona:nutrition", "majority letter", "random"):
         assert row in out
     assert "cross-community matrix (persona)" in out
@@ -139,4 +139,4 @@ def test_survey_command_tables_and_notes(tmp_path):
     assert "1.000" in majority  # nutrition always answers D
     assert db.execute("SELECT count(*) FROM survey_answers").fetchone()[0] == 15
     unseen = cci("survey", "--split", "topic", db=path)
-    assert "no held-out CommSurvey questions (topic split)" in unseen.stdout
+    assert "no questions in the held-out CommSurvey (topic split)" in unseen.stdout

@@ -88,10 +88,17 @@ def wasserstein_ordinal(p: Sequence[float], q: Sequence[float],
 
 
 def representativeness(model: Sequence[Sequence[float]], human: Sequence[Sequence[float]],
-                       values: Sequence[Sequence[float]] | None = None, **kwargs) -> Estimate:
-    """Mean over questions of 1 - W1(model, human) / (max - min of the option values)."""
+                       values: Sequence[Sequence[float] | None] | None = None,
+                       **kwargs) -> Estimate:
+    """Mean over questions of 1 - W1(model, human) / (max - min of the option values).
+    A question whose ``values`` entry is None has unordered options: W1 under the
+    discrete metric, which is the total variation distance (at most 1)."""
     scores = []
     for i, (p, q) in enumerate(zip(model, human, strict=True)):
+        if values is not None and values[i] is None:
+            p, q = np.asarray(p, float), np.asarray(q, float)
+            scores.append(1.0 - 0.5 * float(np.abs(p / p.sum() - q / q.sum()).sum()))
+            continue
         v = np.arange(len(p), dtype=float) if values is None else np.asarray(values[i], float)
         spread = v.max() - v.min()
         scores.append(1.0 - wasserstein_ordinal(p, q, v) / spread if spread > 0 else 1.0)

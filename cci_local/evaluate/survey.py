@@ -14,11 +14,19 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlite_utils
 
 from ..llm import Backend, NoLogprobs, Sampling, chat, option_logprobs
+from .metrics import (
+    Estimate,
+    accuracy,
+    cross_matrix,
+    majority_baseline,
+    random_baseline,
+    representativeness,
+)
 
 QUESTION = "{question}\n{options}\nAnswer with the letter of one option only."
 PERSONA = ("You are a member of the online community r/{community}. Answer the way its "
@@ -56,11 +64,27 @@ def _choice(distribution: dict[str, float]) -> str:
     return max(sorted(distribution), key=lambda k: distribution[k])
 
 
-def ask(db: sqlite_utils.Database, backend: Backend, messages: list[dict], letters: list[str],
-        *, samples: int = 10, seed: int = 0) -> Answer:
-    """The model's answer distribution over ``letters`` for one question."""
+SCORINGS = ("letter", "text")
+
+
+def ask(db: sqlite_utils.Database, backend: Backend, messages: list[dict],
+        options: dict[str, str], *, scoring: str = "letter", samples: int = 10,
+        seed: int = 0) -> Answer:
+    """The model's answer distribution over the option letters for one question.
+
+    ``scoring='letter'`` reads the log-probability of each letter as the reply (the
+    paper's way, one forward pass); ``'text'`` that of each option's whole text as
+    the reply, which small models that cannot map a letter to its option need."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, not {scoring!r}")
+    letters = list(options)
     try:
-        distribution = normalise(option_logprobs(db, backend, messages, letters))
+        if scoring == "text":
+            scores = option_logprobs(db, backend, messages, list(options.values()))
+            logprobs = {k: scores[v] for k, v in options.items()}
+        else:
+            logprobs = option_logprobs(db, backend, messages, letters)
+        distribution = normalise(logprobs)
         return Answer(_choice(distribution), distribution, "logprobs")
     except NoLogprobs:
         pass
@@ -81,8 +105,10 @@ class Item:
     question: str
     options: dict[str, str]
     answers: dict[str, str]  # community -> its letter (the answer key)
-    topic_id: int | None = None
+    topic: str | None = None  # a label, for the per-topic breakdown
     instruction_id: int | None = None
+    distributions: dict[str, dict[str, float]] = field(default_factory=dict)  # community ->
+    ordinal: bool = True  # options are ordered (representativeness uses their positions)
 
     @property
     def discriminating(self) -> bool:
@@ -96,26 +122,28 @@ def commsurvey_items(db: sqlite_utils.Database, communities: list[str],
     column = "split_by_topic" if split_by == "topic" else "split"
     items: dict[int, Item] = {}
     marks = ",".join("?" * len(communities))
-    for iid, question, options, topic_id, community, letter in db.execute(
-            "SELECT i.id, i.question, i.options, i.topic_id, a.community, a.answer"
+    for iid, question, options, number, keywords, community, letter in db.execute(
+            "SELECT i.id, i.question, i.options, t.number, t.keywords, a.community, a.answer"
             " FROM instructions i JOIN community_answers a ON a.instruction_id = i.id"
+            " LEFT JOIN topics t ON t.id = i.topic_id"
             f" WHERE i.kind = 'choice' AND i.{column} = 'test' AND a.community IN ({marks})"
             " ORDER BY i.id", communities):
+        topic = None if number is None else f"{number}: {' '.join(json.loads(keywords)[:3])}"
         item = items.setdefault(iid, Item(f"commsurvey:{iid}", question, json.loads(options),
-                                          {}, topic_id, iid))
+                                          {}, topic, iid, ordinal=False))
         item.answers[community] = letter
     return list(items.values())
 
 
 def administer(db: sqlite_utils.Database, respondent: str, backend: Backend, items: list[Item],
-               *, persona: str | None = None, template: str = QUESTION, samples: int = 10,
-               progress=None) -> dict[str, Answer]:
+               *, persona: str | None = None, template: str = QUESTION,
+               scoring: str = "letter", samples: int = 10, progress=None) -> dict[str, Answer]:
     """Ask ``backend`` every item (as ``respondent``); store and return the answers.
     Items answered before by the same model with the same wording are read back."""
     from ..llm.cache import identity
 
     ident = identity(db, backend)
-    wording = hashlib.sha256(json.dumps([persona, template]).encode()).hexdigest()[:16]
+    wording = hashlib.sha256(json.dumps([persona, template, scoring]).encode()).hexdigest()[:16]
     done = {row[0]: Answer(row[1], json.loads(row[2]), row[3]) for row in db.execute(
         "SELECT item, chosen, distribution, method FROM survey_answers WHERE respondent = ?"
         " AND identity = ? AND wording = ?", [respondent, ident, wording])}
@@ -126,13 +154,13 @@ def administer(db: sqlite_utils.Database, respondent: str, backend: Backend, ite
         else:
             answer = ask(db, backend, question_messages(item.question, item.options,
                                                         persona=persona, template=template),
-                         list(item.options), samples=samples)
+                         item.options, scoring=scoring, samples=samples)
             db.execute("INSERT OR IGNORE INTO survey_answers (respondent, model, identity,"
                        " wording, item, instruction_id, chosen, distribution, method,"
-                       " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       " scoring, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        [respondent, backend.spec, ident, wording, item.key, item.instruction_id,
                         answer.chosen, json.dumps(answer.distribution), answer.method,
-                        time.time()])
+                        scoring, time.time()])
             db.conn.commit()
             out[item.key] = answer
         if progress:
@@ -145,29 +173,106 @@ def administer(db: sqlite_utils.Database, respondent: str, backend: Backend, ite
 
 @dataclass
 class SurveyResult:
-    split_by: str
+    source: str  # 'held-out CommSurvey (random split)' or 'survey <name>'
     items: list[Item]
     answers: dict[str, dict[str, Answer]]  # respondent -> item key -> answer
     notes: list[str]
+    scoring: str = "letter"
 
     def key(self, community: str) -> dict[str, str]:
         return {it.key: it.answers[community] for it in self.items if community in it.answers}
 
-    def scores(self, respondent: str, community: str, *, discriminating_only: bool = False):
-        from .metrics import accuracy
-
+    def _items(self, respondent: str, community: str, *, discriminating_only: bool = False,
+               topic: str | None = None) -> list[Item]:
         answers = self.answers.get(respondent, {})
-        keep = [it for it in self.items if community in it.answers and it.key in answers
-                and (it.discriminating or not discriminating_only)]
+        return [it for it in self.items if community in it.answers and it.key in answers
+                and (it.discriminating or not discriminating_only)
+                and (topic is None or it.topic == topic)]
+
+    def scores(self, respondent: str, community: str, *, discriminating_only: bool = False,
+               topic: str | None = None) -> Estimate:
+        """Accuracy of ``respondent`` against ``community``'s answer key."""
+        answers = self.answers.get(respondent, {})
+        keep = self._items(respondent, community, discriminating_only=discriminating_only,
+                           topic=topic)
         return accuracy([answers[it.key].chosen for it in keep],
                         [it.answers[community] for it in keep])
 
-    def matrix(self, communities: list[str], kind: str):
-        from .metrics import cross_matrix
+    def topics(self, community: str) -> list[str]:
+        def order(label: str):  # CommSurvey labels start with the topic number
+            number = label.split(":")[0]
+            return (int(number), label) if number.isdigit() else (math.inf, label)
 
+        return sorted({it.topic for it in self.items if community in it.answers and it.topic},
+                      key=order)
+
+    def representativeness(self, respondent: str, community: str) -> Estimate:
+        """OpinionQA's 1 - W1/(max - min) between the respondent's answer distributions
+        and the community's, over the items that give the community's distribution.
+        Unordered options use the discrete metric (W1 = total variation)."""
+        answers = self.answers.get(respondent, {})
+        keep = [it for it in self.items if community in it.distributions and it.key in answers]
+        model = [[answers[it.key].distribution.get(k, 0.0) for k in it.options] for it in keep]
+        human = [[it.distributions[community][k] for k in it.options] for it in keep]
+        return representativeness(model, human, [_positions(it) for it in keep])
+
+    def between(self, community: str, other: str) -> Estimate:
+        """Representativeness of ``other``'s real answers for ``community``'s: how far
+        apart the two communities are on the items both have distributions for."""
+        keep = [it for it in self.items if community in it.distributions
+                and other in it.distributions]
+        return representativeness([[it.distributions[other][k] for k in it.options]
+                                   for it in keep],
+                                  [[it.distributions[community][k] for k in it.options]
+                                   for it in keep], [_positions(it) for it in keep])
+
+    def matrix(self, communities: list[str], kind: str):
         rows = {f"{kind}:{c}": {it: a.chosen for it, a in self.answers[f"{kind}:{c}"].items()}
                 for c in communities if f"{kind}:{c}" in self.answers}
         return cross_matrix(rows, {c: self.key(c) for c in communities})
+
+    def as_dict(self, communities: list[str]) -> dict:
+        """Everything the tables show, for ``--json`` and the report."""
+        def est(e: Estimate) -> dict | None:
+            return {"value": e.value, "low": e.low, "high": e.high, "n": e.n} if e.n else None
+
+        out = {"source": self.source, "scoring": self.scoring, "items": len(self.items),
+               "notes": self.notes, "communities": {}, "matrix": {}}
+        for c in communities:
+            key = self.key(c)
+            if not key:
+                continue
+            rows = {}
+            for respondent in respondents(c):
+                if respondent in self.answers:
+                    rows[respondent] = {
+                        "accuracy": est(self.scores(respondent, c)),
+                        "discriminating": est(self.scores(respondent, c,
+                                                          discriminating_only=True)),
+                        "representativeness": est(self.representativeness(respondent, c)),
+                        "topics": {t: est(self.scores(respondent, c, topic=t))
+                                   for t in self.topics(c)}}
+            out["communities"][c] = {
+                "questions": len(key), "respondents": rows,
+                "majority_letter": est(majority_baseline(list(key.values()))),
+                "random": random_baseline([len(it.options) for it in self.items
+                                           if c in it.answers])}
+        for kind in ("aligned", "persona"):
+            cells = self.matrix(communities, kind)
+            if cells:
+                out["matrix"][kind] = {r: {c: est(e) for c, e in row.items()}
+                                       for r, row in cells.items()}
+        return out
+
+
+def respondents(community: str) -> list[str]:
+    return ["base", f"persona:{community}", f"aligned:{community}"]
+
+
+def _positions(item: Item) -> list[float]:
+    """Option positions for W1: their order, or for unordered options a metric where
+    every two options are 1 apart (handled by representativeness as ``None``)."""
+    return list(range(len(item.options))) if item.ordinal else None
 
 
 def aligned_backend(db: sqlite_utils.Database, community: str, base: str):
@@ -187,19 +292,28 @@ def aligned_backend(db: sqlite_utils.Database, community: str, base: str):
 
 
 def run_survey(db: sqlite_utils.Database, communities: list[str], base: str = "embedded", *,
-               split_by: str = "random", persona: bool = True, aligned: bool = True,
-               persona_text: str = PERSONA, template: str = QUESTION, samples: int = 10,
-               progress=None) -> SurveyResult:
-    """Administer the held-out CommSurvey of ``communities`` to the base model, the base
-    with each community's persona, and each community's aligned model."""
+               split_by: str = "random", survey_id: str | None = None, persona: bool = True,
+               aligned: bool = True, persona_text: str = PERSONA, template: str = QUESTION,
+               scoring: str = "letter", samples: int = 10, progress=None) -> SurveyResult:
+    """Administer a survey to the base model, the base with each community's persona,
+    and each community's aligned model: the held-out CommSurvey of ``communities``
+    (``split_by``: random or topic), or the stored outside survey ``survey_id``."""
     from ..llm import get_backend
 
-    items = commsurvey_items(db, communities, split_by)
+    if survey_id is not None:
+        from .survey_file import survey_items
+
+        name = db.execute("SELECT name FROM surveys WHERE id = ?", [survey_id]).fetchone()[0]
+        source = f"survey {name}"
+        items = survey_items(db, survey_id, communities)
+    else:
+        source = f"held-out CommSurvey ({split_by} split)"
+        items = commsurvey_items(db, communities, split_by)
     notes: list[str] = []
     if not items:
-        notes.append(f"no held-out CommSurvey questions ({split_by} split) for these "
-                     "communities: run `cci-local generate` first")
-        return SurveyResult(split_by, items, {}, notes)
+        notes.append(f"no questions in the {source} for these communities" + (
+            "" if survey_id else ": run `cci-local generate` first"))
+        return SurveyResult(source, items, {}, notes, scoring)
     backend = get_backend(base)
     plan = [("base", backend, None)]
     if persona:
@@ -222,8 +336,9 @@ def run_survey(db: sqlite_utils.Database, communities: list[str], base: str = "e
         for respondent, model, system in plan:
             answers[respondent] = administer(
                 db, respondent, model, items, persona=system, template=template,
-                samples=samples, progress=(lambda n: progress("advance", n)) if progress else None)
+                scoring=scoring, samples=samples,
+                progress=(lambda n: progress("advance", n)) if progress else None)
     finally:
         for model in [backend, *extra]:
             model.close()
-    return SurveyResult(split_by, items, answers, notes)
+    return SurveyResult(source, items, answers, notes, scoring)
