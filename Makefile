@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_topics.py
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_survey.py
 
 lint: install
 	$(BIN)/ruff check .
