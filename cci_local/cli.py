@@ -839,6 +839,101 @@ def _survey_tables(result, names: list[str]) -> None:
         out.print(table)
 
 
+@cli.command(name="psychometrics")
+@click.argument("communities", nargs=-1, required=True)
+@click.option("--instrument", required=True, metavar="FILE|NAME",
+              help="An instrument file (TOML, see cci_local/evaluate/instruments.py) or a "
+                   "shipped one: edeq, weight-concerns.")
+@click.option("--items", "item_bank", type=click.Path(dir_okay=False),
+              help="Item bank CSV (columns Item, Question) for item texts the instrument "
+                   "leaves out (the EDE-Q's).")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Sampled answers per item and persona prefix (count items, and every item "
+                   "where a backend has no log-probabilities).")
+@click.option("--base", help="The base MODEL (default: the registry's base).")
+@click.option("--scoring", type=click.Choice(["letter", "text"]), default="letter",
+              show_default=True, help="How a choice item's options are scored (see survey).")
+@click.option("--no-persona", is_flag=True, help="Leave out the persona-prompted base.")
+@click.option("--no-base", is_flag=True, help="Leave out the base model.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
+@click.pass_obj
+def psychometrics_cmd(obj, communities, instrument, item_bank, repeats, base, scoring,
+                      no_persona, no_base, seed, as_json):
+    """Administer a psychometric instrument to each community's aligned model (and the
+    base and persona-prompted base for contrast) and score them like human
+    respondents: subscales, global score and flags, with bootstrap CIs, and the
+    difference between communities."""
+    from itertools import combinations
+
+    from .evaluate.instruments import InstrumentError, load_instrument
+    from .evaluate.psychometrics import RESAMPLES, difference, run_psychometrics
+    from .llm import BackendError, load_registry
+    from .store import UnknownCommunity, select_communities
+    from .train import TrainError
+
+    try:
+        inst = load_instrument(instrument, item_bank)
+        names = select_communities(obj.db, list(communities))
+        base = base or load_registry().default("base")[0]
+        bar = _progress("psychometrics")
+        with bar:
+            task = bar.add_task("items", total=None)
+            result = run_psychometrics(obj.db, names, inst, base, persona=not no_persona,
+                                       include_base=not no_base, repeats=repeats,
+                                       scoring=scoring, seed=seed,
+                                       progress=_advance(bar, task))
+    except (UnknownCommunity, TrainError, InstrumentError) as e:
+        _fail(str(e))
+    except BackendError as e:
+        _fail(str(e), 1)
+    scores = result.scores
+    measures = list(next(iter(scores.values())).point) if scores else []
+    kind = "aligned" if sum(r.startswith("aligned:") for r in scores) >= 2 else "persona"
+    pairs = list(combinations([r for r in scores if r.startswith(kind + ":")], 2))
+    if as_json:
+        def est(e):
+            return {"value": e.value, "low": e.low, "high": e.high, "n": e.n}
+
+        click.echo(json.dumps({
+            "instrument": inst.name, "notes": result.notes,
+            "respondents": {r: {"scores": {m: est(s.estimate(m)) for m in measures},
+                                "rules": s.rules, "rule_share": s.rule_share,
+                                "administrations": s.administrations}
+                            for r, s in scores.items()},
+            "differences": [{"a": a, "b": b, "score": m, **est(d), "p": p}
+                            for a, b in pairs for m in measures
+                            for d, p in [difference(scores[a], scores[b], m)]]}, indent=2))
+        return
+    for note in result.notes:
+        out.print(f"note: {note}", style="dim", highlight=False, soft_wrap=True)
+    if not scores:
+        return
+    table = Table(box=box.SIMPLE_HEAD, title=f"{inst.name}: scored like a human respondent, "
+                  f"{len(inst.personas)} persona prefixes, 95% bootstrap CI",
+                  title_justify="left")
+    table.add_column("respondent")
+    for m in measures:
+        table.add_column(m)
+    for rule in inst.rules:
+        table.add_column(f"{rule.name} (share of resamples)")
+    for r, s in scores.items():
+        table.add_row(r, *[_ci(s.estimate(m)) for m in measures],
+                      *[f"{'yes' if s.rules[x.name] else 'no'} ({s.rule_share[x.name]:.2f})"
+                        for x in inst.rules])
+    out.print(table)
+    if pairs:
+        table = Table(box=box.SIMPLE_HEAD, title=f"differences between communities ({kind} "
+                      "models): a - b, 95% bootstrap CI, two-sided p", title_justify="left")
+        for name in ("a", "b", "score", "difference", "p"):
+            table.add_column(name)
+        for a, b in pairs:
+            for m in measures:
+                d, p = difference(scores[a], scores[b], m)
+                table.add_row(a, b, m, _ci(d), f"{p:.3f}" if p else f"< {1 / RESAMPLES:g}")
+        out.print(table)
+
+
 def _ci(est) -> str:
     if not est.n:
         return "-"

@@ -318,11 +318,36 @@ def _v8_outside_surveys(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE survey_answers ADD COLUMN scoring TEXT NOT NULL DEFAULT 'letter'")
 
 
+def _v9_instrument_answers(db: sqlite_utils.Database) -> None:
+    # Every raw answer to a psychometric instrument: one row per respondent, model,
+    # instrument (a hash of its file and item texts), item, persona prefix and repeat.
+    # answer: the chosen letter, or the number for count items; distribution: the
+    # option probabilities (log-probability scoring) or null.
+    db.execute(
+        "CREATE TABLE instrument_answers ("
+        " id INTEGER PRIMARY KEY,"
+        " respondent TEXT NOT NULL,"
+        " model TEXT NOT NULL,"
+        " identity TEXT NOT NULL,"
+        " instrument TEXT NOT NULL,"
+        " instrument_name TEXT NOT NULL,"
+        " wording TEXT NOT NULL,"
+        " item TEXT NOT NULL,"
+        " persona INTEGER NOT NULL,"
+        " repeat INTEGER NOT NULL,"
+        " answer TEXT NOT NULL,"
+        " distribution TEXT,"
+        " method TEXT NOT NULL CHECK (method IN ('logprobs', 'sampled')),"
+        " created_at REAL NOT NULL,"
+        " UNIQUE (respondent, identity, instrument, wording, item, persona, repeat))"
+    )
+
+
 # Append only.  MIGRATIONS[i] upgrades a store from version i to version i + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_documents, _v2_llm_calls, _v3_topics, _v4_instructions,
     _v5_teacher_rows, _v6_adapters, _v7_survey_answers,
-    _v8_outside_surveys]
+    _v8_outside_surveys, _v9_instrument_answers]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

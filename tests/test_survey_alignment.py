@@ -17,7 +17,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import cci
+from conftest import SHARED, cci
 
 from cci_local.evaluate.metrics import difference_ci
 from cci_local.evaluate.survey import SurveyResult, administer, aligned_backend, commsurvey_items
@@ -169,3 +169,29 @@ def test_survey_command_shows_the_matrix_on_the_stored_run(aligned_store):
     assert keto["aligned:keto"]["accuracy"]["value"] > keto["base"]["accuracy"]["value"]
     cell = data["matrix"]["aligned"]["aligned:keto"]
     assert cell["keto"]["value"] > cell["nutrition"]["value"]
+
+
+@pytest.mark.slow
+def test_psychometrics_on_two_aligned_communities(aligned_store):
+    """The EDE-Q (texts from the shared item bank) administered to both aligned models
+    and scored like human respondents: four subscales and the global score with CIs,
+    and the difference between the communities."""
+    bank = SHARED / "instruments" / "eating_disorder_items.csv"
+    args = ("psychometrics", "keto", "nutrition", "--instrument", "edeq", "--items", str(bank),
+            "--no-base", "--no-persona")
+    out = cci(*args, db=aligned_store).stdout
+    print(out)
+    assert "EDE-Q 6.0: scored like a human respondent, 8 persona prefixes" in out
+    for name in ("Restraint", "Eating Concern", "Shape Concern", "Weight Concern", "global",
+                 "aligned:keto", "aligned:nutrition", "clinical range"):
+        assert name in out
+    assert "differences between communities (aligned models)" in out
+    data = json.loads(cci(*args, "--json", db=aligned_store).stdout)
+    for respondent in ("aligned:keto", "aligned:nutrition"):
+        scores = data["respondents"][respondent]["scores"]
+        for est in scores.values():
+            assert 0 <= est["low"] <= est["value"] <= est["high"] <= 6
+        subs = [scores[s]["value"] for s in ("Restraint", "Eating Concern", "Shape Concern",
+                                             "Weight Concern")]
+        assert scores["global"]["value"] == pytest.approx(sum(subs) / 4)
+    assert len(data["differences"]) == 5 and all(0 <= d["p"] <= 1 for d in data["differences"])
