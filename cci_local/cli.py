@@ -850,6 +850,9 @@ def _survey_tables(result, names: list[str]) -> None:
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
               help="Sampled answers per item and persona prefix (count items, and every item "
                    "where a backend has no log-probabilities).")
+@click.option("--prefixes", type=click.IntRange(min=1), metavar="N",
+              help="Use only the first N persona prefixes of the instrument's pool "
+                   "(faster, wider intervals).")
 @click.option("--base", help="The base MODEL (default: the registry's base).")
 @click.option("--scoring", type=click.Choice(["letter", "text"]), default="letter",
               show_default=True, help="How a choice item's options are scored (see survey).")
@@ -858,7 +861,7 @@ def _survey_tables(result, names: list[str]) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 @click.pass_obj
-def psychometrics_cmd(obj, communities, instrument, item_bank, repeats, base, scoring,
+def psychometrics_cmd(obj, communities, instrument, item_bank, repeats, prefixes, base, scoring,
                       no_persona, no_base, seed, as_json):
     """Administer a psychometric instrument to each community's aligned model (and the
     base and persona-prompted base for contrast) and score them like human
@@ -881,7 +884,7 @@ def psychometrics_cmd(obj, communities, instrument, item_bank, repeats, base, sc
             task = bar.add_task("items", total=None)
             result = run_psychometrics(obj.db, names, inst, base, persona=not no_persona,
                                        include_base=not no_base, repeats=repeats,
-                                       scoring=scoring, seed=seed,
+                                       scoring=scoring, prefixes=prefixes, seed=seed,
                                        progress=_advance(bar, task))
     except (UnknownCommunity, TrainError, InstrumentError) as e:
         _fail(str(e))
@@ -909,8 +912,9 @@ def psychometrics_cmd(obj, communities, instrument, item_bank, repeats, base, sc
         out.print(f"note: {note}", style="dim", highlight=False, soft_wrap=True)
     if not scores:
         return
+    used = len(result.instrument.personas)
     table = Table(box=box.SIMPLE_HEAD, title=f"{inst.name}: scored like a human respondent, "
-                  f"{len(inst.personas)} persona prefixes, 95% bootstrap CI",
+                  f"{used} persona prefixes, 95% bootstrap CI",
                   title_justify="left")
     table.add_column("respondent")
     for m in measures:

@@ -123,9 +123,17 @@ def test_psychometrics_command_without_adapters(tmp_path):
     db = open_store(store)
     for c in ("keto", "nutrition"):
         ensure_community(db, c)
-    db.conn.close()
+    first = cci("psychometrics", "r/keto", "r/nutrition", "--instrument", "weight-concerns",
+                "--prefixes", "2", db=store).stdout
+    assert "scored like a human respondent, 2 persona prefixes" in first
+    # 3 respondents x 7 items x 2 prefixes
+    rows = db.execute("SELECT id, answer FROM instrument_answers ORDER BY id").fetchall()
+    assert len(rows) == 3 * 7 * 2
     out = cci("psychometrics", "r/keto", "r/nutrition", "--instrument", "weight-concerns",
               db=store).stdout
+    # The whole pool of 6: the first two prefixes' answers are reused, not asked again.
+    again = db.execute("SELECT id, answer FROM instrument_answers ORDER BY id").fetchall()
+    assert len(again) == 3 * 7 * 6 and again[:len(rows)] == rows
     print(out)
     assert "r/keto has no adapter on embedded: run `cci-local train r/keto`" in out
     assert "Weight concerns (cci-local example): scored like a human respondent" in out

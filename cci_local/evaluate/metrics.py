@@ -10,7 +10,9 @@ the report share them:
   distributions over ordinal options / the largest possible distance, as in
   OpinionQA (Santurkar et al. 2023), averaged over questions;
 - ``cross_matrix``: accuracy of each model (aligned to or impersonating A)
-  against each community's key (B); a faithful model wins its own column.
+  against each community's key (B); a faithful model wins its own column;
+- ``two_sample_ci``: a statistic of two independent samples (a divergence, a
+  Frechet distance) with an interval resampling each on its own.
 """
 
 from __future__ import annotations
@@ -124,3 +126,18 @@ def difference_ci(a: Sequence[float], b: Sequence[float], **kwargs) -> Estimate:
     """Paired difference of means (a - b) over the same items, with its interval."""
     pairs = np.column_stack([np.asarray(a, float), np.asarray(b, float)])
     return bootstrap_ci(pairs, lambda d: float(np.mean(d[:, 0] - d[:, 1])), **kwargs)
+
+
+def two_sample_ci(a: np.ndarray, b: np.ndarray, statistic: Callable[[np.ndarray, np.ndarray],
+                                                                      float], *,
+                  resamples: int = 1000, level: float = 0.95, seed: int = 0) -> Estimate:
+    """``statistic(a, b)`` of two independent samples (rows are items), with a
+    percentile bootstrap interval resampling each sample on its own."""
+    a, b = np.asarray(a), np.asarray(b)
+    if not len(a) or not len(b):
+        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+    rng = np.random.default_rng(seed)
+    draws = [statistic(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))])
+             for _ in range(resamples)]
+    low, high = np.percentile(draws, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return Estimate(float(statistic(a, b)), float(low), float(high), min(len(a), len(b)))

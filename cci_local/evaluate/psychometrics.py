@@ -32,7 +32,10 @@ RESAMPLES = 1000
 
 
 def instrument_hash(inst: Instrument) -> str:
-    return hashlib.sha256(inst.model_dump_json(by_alias=True).encode()).hexdigest()[:16]
+    """The instrument's items, scales and wording (not its persona pool: an answer is
+    keyed by its own prefix, so a shorter or longer pool reuses what was asked)."""
+    data = inst.model_dump(mode="json", by_alias=True, exclude={"personas"})
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def item_messages(inst: Instrument, item_id: str, prefix: str, persona: str | None) -> list:
@@ -71,21 +74,23 @@ def administer_instrument(db: sqlite_utils.Database, respondent: str, backend: B
 
     ident = identity(db, backend)
     inst_id = instrument_hash(inst)
-    wording = hashlib.sha256(json.dumps([persona, scoring, seed]).encode()).hexdigest()[:16]
+    wordings = [hashlib.sha256(json.dumps([persona, prefix, scoring, seed]).encode()
+                               ).hexdigest()[:16] for prefix in inst.personas]
     done: dict[tuple, tuple] = {}
-    for item, p, r, answer, dist, method in db.execute(
-            "SELECT item, persona, repeat, answer, distribution, method FROM instrument_answers"
-            " WHERE respondent = ? AND identity = ? AND instrument = ? AND wording = ?",
-            [respondent, ident, inst_id, wording]):
-        done[(item, p, r)] = (answer, json.loads(dist) if dist else None, method)
+    for item, wording, r, answer, dist, method in db.execute(
+            "SELECT item, wording, repeat, answer, distribution, method FROM instrument_answers"
+            " WHERE respondent = ? AND identity = ? AND instrument = ?",
+            [respondent, ident, inst_id]):
+        done[(item, wording, r)] = (answer, json.loads(dist) if dist else None, method)
     out = Administration(respondent)
     for it in inst.items:
         scale = inst.scale_of(it.id)
         rows = out.answers.setdefault(it.id, [])
         for p, prefix in enumerate(inst.personas):
             messages = item_messages(inst, it.id, prefix, persona)
+            wording = wordings[p]
             for r in range(repeats):
-                if (it.id, p, r) not in done:
+                if (it.id, wording, r) not in done:
                     if scale.kind == "choice":
                         got = ask(db, backend, messages,
                                   {o.letter: o.text for o in scale.options},
@@ -97,7 +102,7 @@ def administer_instrument(db: sqlite_utils.Database, respondent: str, backend: B
                         answer, dist, method = _count(db, backend, messages, scale,
                                                       seed + 1000 * p + r), None, "sampled"
                     answer = str(answer)  # as stored: a letter, or a number as text
-                    done[(it.id, p, r)] = (answer, dist, method)
+                    done[(it.id, wording, r)] = (answer, dist, method)
                     db.execute(
                         "INSERT OR IGNORE INTO instrument_answers (respondent, model, identity,"
                         " instrument, instrument_name, wording, item, persona, repeat, answer,"
@@ -107,7 +112,7 @@ def administer_instrument(db: sqlite_utils.Database, respondent: str, backend: B
                          p, r, answer, json.dumps(dist) if dist else None, method,
                          time.time()])
                     db.conn.commit()
-                answer, dist, method = done[(it.id, p, r)]
+                answer, dist, method = done[(it.id, wording, r)]
                 rows.append((p, r, answer, dist, method))
                 if method == "logprobs":
                     break  # the whole distribution is read once; repeats are for sampling
@@ -201,11 +206,16 @@ class PsychometricsResult:
 def run_psychometrics(db: sqlite_utils.Database, communities: list[str], inst: Instrument,
                       base: str = "embedded", *, persona: bool = True, include_base: bool = True,
                       repeats: int = 1, scoring: str = "letter", persona_text: str = PERSONA,
-                      seed: int = 0, progress=None) -> PsychometricsResult:
+                      prefixes: int | None = None, seed: int = 0,
+                      progress=None) -> PsychometricsResult:
     """Administer ``inst`` to each community's aligned model (and, for contrast, the
-    base and the persona-prompted base), score each like a human respondent."""
+    base and the persona-prompted base), score each like a human respondent.
+    ``prefixes``: use only the first N persona prefixes of the instrument's pool."""
     from ..llm import get_backend
     from .survey import aligned_backend
+
+    if prefixes is not None:
+        inst = inst.model_copy(update={"personas": inst.personas[:max(1, prefixes)]})
 
     backend = get_backend(base)
     plan = [("base", backend, None)] if include_base else []
