@@ -938,6 +938,96 @@ def psychometrics_cmd(obj, communities, instrument, item_bank, repeats, prefixes
         out.print(table)
 
 
+@cli.command(name="fidelity")
+@click.argument("community")
+@click.option("--base", help="The base MODEL (default: the registry's base).")
+@click.option("--samples", type=click.IntRange(min=5), default=50, show_default=True,
+              help="Generated answers per model.")
+@click.option("--real", type=click.IntRange(min=10), default=200, show_default=True,
+              help="Real documents of the community to compare with (sampled).")
+@click.option("--max-tokens", type=click.IntRange(min=8), default=128, show_default=True)
+@click.option("--temperature", type=float, default=0.8, show_default=True)
+@click.option("--max-perplexity", type=float,
+              help="Drop generated texts above this perplexity (default: the largest a real "
+                   "text gets).")
+@click.option("--embedder", type=click.Choice(["wordllama", "minilm"]), default="wordllama",
+              show_default=True, help="Embeddings for the Frechet distance.")
+@click.option("--no-persona", is_flag=True, help="Leave out the persona-prompted base.")
+@click.option("--no-base", is_flag=True, help="Leave out the base model.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.pass_obj
+def fidelity_cmd(obj, community, base, samples, real, max_tokens, temperature, max_perplexity,
+                 embedder, no_persona, no_base, seed, as_json):
+    """Compare COMMUNITY's aligned model's writing (and the base and persona-prompted
+    base's) with the community's real documents: near-copies, duplicates and gibberish
+    dropped first; identifiability, Frechet distance, real-vs-generated AUC, emotion
+    and sentiment divergence, each with a 95% bootstrap CI, next to a split half of the
+    real documents (the ceiling)."""
+    from .evaluate.fidelity import REAL, FidelityOptions, run_fidelity
+    from .llm import BackendError, load_registry
+    from .store import UnknownCommunity, select_communities
+    from .train import TrainError
+
+    try:
+        name = select_communities(obj.db, [community])[0]
+        base = base or load_registry().default("base")[0]
+        options = FidelityOptions(samples=samples, real=real, max_tokens=max_tokens,
+                                  temperature=temperature, seed=seed, embedder=embedder,
+                                  max_perplexity=max_perplexity)
+        bar = _progress("fidelity")
+        with bar:
+            task = bar.add_task("answers", total=None)
+            result = run_fidelity(obj.db, name, base, options, persona=not no_persona,
+                                  include_base=not no_base, progress=_advance(bar, task))
+    except (UnknownCommunity, TrainError, ValueError) as e:
+        _fail(str(e))
+    except BackendError as e:
+        _fail(str(e), 1)
+    if as_json:
+        click.echo(json.dumps({
+            "community": result.community, "run": result.run_id, "notes": result.notes,
+            "perplexity_cap": result.perplexity_cap, "dropped": result.dropped,
+            "confusion": result.confusion,
+            "metrics": {m: {k: e.as_dict() for k, e in v.items()}
+                        for m, v in result.metrics.items()}}, indent=2))
+        return
+    for note in result.notes:
+        out.print(f"note: {note}", style="dim", highlight=False, soft_wrap=True)
+    table = Table(box=box.SIMPLE_HEAD, title=f"screened before scoring (perplexity cap "
+                  f"{result.perplexity_cap:.1f})", title_justify="left")
+    reasons = ["empty", "near copy", "duplicate", "gibberish"]
+    for column in ["model", "generated", *reasons, "kept"]:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for model, counts in result.dropped.items():
+        table.add_row(model, str(samples), *[str(counts.get(r, 0)) for r in reasons],
+                      str(samples - sum(counts.values())))
+    out.print(table)
+    table = Table(box=box.SIMPLE_HEAD, title=f"fidelity to r/{result.community}'s real "
+                  "documents, 95% bootstrap CI", title_justify="left")
+    columns = [("identifiability_f1", "identifiability F1 (higher)"),
+               ("frechet", "Frechet distance (lower)"),
+               ("auc", "real-vs-generated AUC (0.5 best)"),
+               ("emotion_jsd", "emotion JSD (lower)"), ("sentiment_jsd", "sentiment JSD (lower)")]
+    table.add_column("texts")
+    for _, title in columns:
+        table.add_column(title)
+    for model, values in result.metrics.items():
+        table.add_row(model, *[_ci(values[k]) if k in values else "-" for k, _ in columns],
+                      style="dim" if model == REAL else None)
+    out.print(table)
+    if result.confusion:
+        labels = sorted({c for row in result.confusion.values() for c in row})
+        table = Table(box=box.SIMPLE_HEAD, title="identifiability: predicted community of each "
+                      "text", title_justify="left")
+        table.add_column("texts")
+        for c in labels:
+            table.add_column(f"r/{c}", justify="right")
+        for model, row in result.confusion.items():
+            table.add_row(model, *[str(row.get(c, 0)) for c in labels])
+        out.print(table)
+
+
 def _ci(est) -> str:
     if not est.n:
         return "-"

@@ -343,11 +343,54 @@ def _v9_instrument_answers(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v10_fidelity(db: sqlite_utils.Database) -> None:
+    # One fidelity run per (community, base, settings); its generated texts (why any
+    # was dropped before scoring) and its figures, each with a 95% interval.
+    db.execute(
+        "CREATE TABLE fidelity_runs ("
+        " id INTEGER PRIMARY KEY,"
+        " key TEXT NOT NULL UNIQUE,"
+        " community TEXT NOT NULL,"
+        " base TEXT NOT NULL,"
+        " settings TEXT NOT NULL,"
+        " perplexity_cap REAL,"
+        " confusion TEXT,"
+        " created_at REAL NOT NULL,"
+        " finished_at REAL)"
+    )
+    db.execute(
+        "CREATE TABLE fidelity_texts ("
+        " run_id INTEGER NOT NULL REFERENCES fidelity_runs(id) ON DELETE CASCADE,"
+        " model TEXT NOT NULL,"
+        " idx INTEGER NOT NULL,"
+        " instruction_id INTEGER REFERENCES instructions(id) ON DELETE SET NULL,"
+        " question TEXT NOT NULL,"
+        " text TEXT NOT NULL,"
+        " call_id INTEGER,"
+        " perplexity REAL,"
+        " copy_rouge REAL,"
+        " kept INTEGER,"
+        " drop_reason TEXT,"
+        " PRIMARY KEY (run_id, model, idx))"
+    )
+    db.execute(
+        "CREATE TABLE fidelity_metrics ("
+        " run_id INTEGER NOT NULL REFERENCES fidelity_runs(id) ON DELETE CASCADE,"
+        " model TEXT NOT NULL,"
+        " metric TEXT NOT NULL,"
+        " value REAL,"
+        " low REAL,"
+        " high REAL,"
+        " n INTEGER,"
+        " PRIMARY KEY (run_id, model, metric))"
+    )
+
+
 # Append only.  MIGRATIONS[i] upgrades a store from version i to version i + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_documents, _v2_llm_calls, _v3_topics, _v4_instructions,
     _v5_teacher_rows, _v6_adapters, _v7_survey_answers,
-    _v8_outside_surveys, _v9_instrument_answers]
+    _v8_outside_surveys, _v9_instrument_answers, _v10_fidelity]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -271,3 +271,43 @@ def test_dry_run_prints_the_plan_and_trains_nothing(trained):
     total = float(re.search(r"total \(estimate\)\s+([\d.]+) GiB", out).group(1))
     assert 1.0 < total < 8.0  # measured peak RSS for this run: ~3.6 GiB on CPU
     assert trained["db"].execute("SELECT count(*) FROM adapters").fetchone()[0] == before
+
+
+@pytest.mark.slow
+def test_fidelity_of_the_trained_adapter(trained):
+    """The fidelity stage end to end on the module's adapter (keto, template pairs):
+    every model's answers screened and scored next to the real split half; a re-run
+    makes no model call."""
+    args = ("fidelity", "keto", "--samples", "12", "--real", "60", "--max-tokens", "48")
+    out = cci(*args, db=trained["db_path"]).stdout
+    print(out)
+    assert "screened before scoring (perplexity cap" in out
+    assert "fidelity to r/keto's real documents, 95% bootstrap CI" in out
+    for row in ("aligned:keto", "base", "persona:keto", "real (split half)"):
+        assert row in out
+    db = open_store(trained["db_path"])
+    texts = db.execute("SELECT model, count(*), sum(kept) FROM fidelity_texts GROUP BY model"
+                       ).fetchall()
+    assert {m: n for m, n, _ in texts} == {"aligned:keto": 12, "base": 12, "persona:keto": 12}
+    calls = db.execute("SELECT count(*) FROM llm_calls").fetchone()[0]
+    data = json.loads(cci(*args, "--json", db=trained["db_path"]).stdout)
+    assert db.execute("SELECT count(*) FROM llm_calls").fetchone()[0] == calls
+    metrics = data["metrics"]
+    real, base = metrics["real (split half)"], metrics["base"]
+    # The ceiling: real texts against real texts are hard to tell apart; the base
+    # model's answers are easy to tell from real posts.
+    assert real["auc"]["value"] < base["auc"]["value"]
+    assert base["auc"]["value"] > 0.7
+    assert real["emotion_jsd"]["value"] <= base["emotion_jsd"]["value"]
+    for values in metrics.values():
+        for name, est in values.items():
+            assert est["low"] <= est["high"]
+            if name in ("auc", "identifiability_f1"):  # one-sample statistics
+                assert est["low"] <= est["value"] + 1e-9 <= est["high"] + 2e-9
+    # The adapter moves the model's writing toward r/keto: more of its texts are
+    # classified as keto than the base model's.
+    assert data["confusion"]["aligned:keto"]["keto"] > data["confusion"]["base"]["keto"]
+    assert set(data["confusion"]["base"]) == {"keto", "nutrition"}
+    stored = db.execute("SELECT count(*) FROM fidelity_metrics WHERE run_id = ?",
+                        [data["run"]]).fetchone()[0]
+    assert stored == sum(len(v) for v in metrics.values())

@@ -1,0 +1,280 @@
+"""Fidelity: does the aligned model write like the community?  (DESIGN 2.2.)
+
+``run_fidelity(db, community)`` samples answers from the aligned model, the base
+model and the persona-prompted base to the community's held-out open-ended
+instructions, screens them as the paper did (near-copies of real texts, exact
+duplicates, gibberish by a perplexity cap), and compares each set with the
+community's real documents on the same topics, next to a split half of the real
+documents as the ceiling: identifiability, Frechet distance of embeddings,
+real-vs-generated AUC, emotion and sentiment divergence, each with a 95%
+bootstrap interval.  Generated texts (and why any were dropped) and the figures
+are stored; every model call goes through the prompt cache, so a re-run makes
+none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import sqlite_utils
+
+from ..llm import Backend, Sampling, chat
+from .metrics import Estimate, two_sample_ci
+from .survey import PERSONA
+
+REAL = "real (split half)"
+
+
+@dataclass
+class FidelityOptions:
+    samples: int = 50  # generated answers per model
+    real: int = 200  # real documents of the community compared (sampled)
+    max_tokens: int = 128
+    temperature: float = 0.8
+    seed: int = 0
+    embedder: str = "wordllama"
+    max_perplexity: float | None = None  # None: the largest perplexity among real texts
+    persona_text: str = PERSONA
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class FidelityResult:
+    run_id: int
+    community: str
+    models: list[str]
+    dropped: dict[str, dict[str, int]]  # model -> reason -> count
+    metrics: dict[str, dict[str, Estimate]]  # model (or REAL) -> metric -> estimate
+    confusion: dict[str, dict[str, int]]
+    perplexity_cap: float
+    notes: list[str] = field(default_factory=list)
+
+
+def held_out_instructions(db: sqlite_utils.Database, community: str) -> list[tuple[int, str]]:
+    """(id, question) of the community's held-out open-ended instructions: CommInst's
+    test split, else the template pairs' test split."""
+    for kind in ("open", "template"):
+        rows = db.execute(
+            "SELECT i.id, i.question FROM instructions i JOIN community_answers a"
+            " ON a.instruction_id = i.id WHERE a.community = ? AND i.kind = ?"
+            " AND i.split = 'test' ORDER BY i.id", [community, kind]).fetchall()
+        if rows:
+            return [(r[0], r[1]) for r in rows]
+    return []
+
+
+def real_documents(db: sqlite_utils.Database, community: str, n: int, seed: int,
+                   instruction_ids: list[int] | None = None) -> list[str]:
+    """Up to ``n`` of the community's documents, drawn first from the topics of
+    ``instruction_ids``, then from all its documents."""
+    rng = np.random.default_rng(seed)
+    topical: list[str] = []
+    if instruction_ids:
+        marks = ",".join("?" * len(instruction_ids))
+        topical = [r[0] for r in db.execute(
+            "SELECT DISTINCT d.text FROM documents d JOIN doc_topics dt ON dt.doc_id = d.id"
+            f" WHERE d.community = ? AND dt.topic_id IN (SELECT topic_id FROM instructions"
+            f" WHERE id IN ({marks}) AND topic_id IS NOT NULL) ORDER BY d.id",
+            [community, *instruction_ids])]
+    texts = [topical[i] for i in rng.permutation(len(topical))[:n]]
+    if len(texts) < n:
+        rest = [r[0] for r in db.execute("SELECT text FROM documents WHERE community = ?"
+                                         " ORDER BY id", [community])]
+        chosen = set(texts)
+        rest = [t for t in rest if t not in chosen]
+        texts += [rest[i] for i in rng.permutation(len(rest))[:n - len(texts)]]
+    return texts
+
+
+def perplexity(backend: Backend, question: str, text: str, words: int = 100) -> float:
+    """Per-token perplexity of (the first ``words`` words of) ``text`` as the answer to
+    ``question``."""
+    text = " ".join(text.split()[:words])
+    logprob, n = backend.answer_logprob([{"role": "user", "content": question}], text)
+    return math.exp(-logprob / max(n, 1))
+
+
+def _open_run(db, community: str, base: str, options: FidelityOptions) -> int:
+    key = f"{community}:{base}:{options.key()}"
+    with db.conn:
+        db.conn.execute("INSERT OR IGNORE INTO fidelity_runs (key, community, base, settings,"
+                        " created_at) VALUES (?, ?, ?, ?, ?)",
+                        [key, community, base, json.dumps(asdict(options)), time.time()])
+    return db.execute("SELECT id FROM fidelity_runs WHERE key = ?", [key]).fetchone()[0]
+
+
+def _generate(db, run_id: int, respondent: str, backend: Backend, instructions, system,
+              options: FidelityOptions, progress) -> list[dict]:
+    """The respondent's ``samples`` answers (stored; through the prompt cache)."""
+    have = {r[0]: r for r in db.execute(
+        "SELECT idx, instruction_id, question, text FROM fidelity_texts WHERE run_id = ? AND"
+        " model = ?", [run_id, respondent])}
+    out = []
+    for k in range(options.samples):
+        if k not in have:
+            iid, question = instructions[k % len(instructions)]
+            messages = ([{"role": "system", "content": system}] if system else []) + \
+                [{"role": "user", "content": question}]
+            reply = chat(db, backend, messages, sampling=Sampling(
+                max_tokens=options.max_tokens, temperature=options.temperature,
+                seed=options.seed + k))
+            db.execute("INSERT OR IGNORE INTO fidelity_texts (run_id, model, idx, instruction_id,"
+                       " question, text, call_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       [run_id, respondent, k, iid, question, reply.text.strip(),
+                        reply.call_id])
+            db.conn.commit()
+            have[k] = (k, iid, question, reply.text.strip())
+        out.append({"idx": k, "instruction_id": have[k][1], "question": have[k][2],
+                    "text": have[k][3]})
+        if progress:
+            progress("advance", 1)
+    return out
+
+
+def _perplexities(db, run_id, respondent, rows, scorer: Backend) -> list[float]:
+    values = []
+    for row in rows:
+        stored = db.execute("SELECT perplexity FROM fidelity_texts WHERE run_id = ? AND model = ?"
+                            " AND idx = ?", [run_id, respondent, row["idx"]]).fetchone()
+        if stored and stored[0] is not None:
+            values.append(stored[0])
+            continue
+        value = perplexity(scorer, row["question"], row["text"]) if row["text"] else math.inf
+        db.execute("UPDATE fidelity_texts SET perplexity = ? WHERE run_id = ? AND model = ? AND"
+                   " idx = ?", [value if math.isfinite(value) else None, run_id, respondent,
+                                row["idx"]])
+        db.conn.commit()
+        values.append(value)
+    return values
+
+
+def run_fidelity(db: sqlite_utils.Database, community: str, base: str = "embedded",
+                 options: FidelityOptions | None = None, *, communities: list[str] | None = None,
+                 persona: bool = True, include_base: bool = True,
+                 progress=None) -> FidelityResult:
+    """Generate, screen and score; ``communities``: whose real texts train the
+    identifiability classifier (default: every community with documents)."""
+    from ..embed import get_embedder
+    from ..llm import get_backend
+    from .authenticity import frechet_ci, identifiability, real_vs_generated_auc, screen
+    from .emotion import (
+        emotion_matrix,
+        js_divergence,
+        pooled_distribution,
+        sentiment,
+        sentiment_histogram,
+    )
+    from .survey import aligned_backend
+
+    options = options or FidelityOptions()
+    notes: list[str] = []
+    instructions = held_out_instructions(db, community)
+    if not instructions:
+        raise ValueError(f"r/{community} has no held-out open-ended instructions: run "
+                         "`cci-local generate` first")
+    run_id = _open_run(db, community, base, options)
+    backend = get_backend(base)
+    plan = []
+    adapted = aligned_backend(db, community, base)
+    if adapted is None:
+        notes.append(f"r/{community} has no adapter on {base}: run `cci-local train "
+                     f"r/{community}` to add its aligned model")
+    else:
+        plan.append((f"aligned:{community}", adapted, None))
+    if include_base:
+        plan.append(("base", backend, None))
+    if persona:
+        plan.append((f"persona:{community}", backend,
+                     options.persona_text.format(community=community)))
+    if progress:
+        progress("total", options.samples * len(plan))
+    try:
+        generated = {name: _generate(db, run_id, name, model, instructions, system, options,
+                                     progress) for name, model, system in plan}
+        real = real_documents(db, community, options.real, options.seed,
+                              [i for i, _ in instructions])
+        # The perplexity cap: the largest perplexity the base model gives a real text
+        # (scored as the answer to one of the instructions), unless set.
+        cap = options.max_perplexity or db.execute(
+            "SELECT perplexity_cap FROM fidelity_runs WHERE id = ?", [run_id]).fetchone()[0]
+        if cap is None:
+            cap = max(perplexity(backend, instructions[i % len(instructions)][1], t)
+                      for i, t in enumerate(real[:20]))
+            db.execute("UPDATE fidelity_runs SET perplexity_cap = ? WHERE id = ?", [cap, run_id])
+            db.conn.commit()
+        ppl = {name: _perplexities(db, run_id, name, rows, backend)
+               for name, rows in generated.items()}
+    finally:
+        for model in [backend] + ([adapted] if adapted else []):
+            model.close()
+
+    kept: dict[str, list[str]] = {}
+    dropped: dict[str, dict[str, int]] = {}
+    for name, rows in generated.items():
+        result = screen([r["text"] for r in rows], real, perplexities=ppl[name],
+                        max_perplexity=cap)
+        reasons = {i: reason for reason, ix in result.dropped.items() for i in ix}
+        with db.conn:
+            for i, row in enumerate(rows):
+                db.conn.execute("UPDATE fidelity_texts SET kept = ?, drop_reason = ?,"
+                                " copy_rouge = ? WHERE run_id = ? AND model = ? AND idx = ?",
+                                [int(i not in reasons), reasons.get(i), result.copy_scores[i],
+                                 run_id, name, row["idx"]])
+        kept[name] = [rows[i]["text"] for i in result.kept]
+        dropped[name] = result.counts()
+
+    half = len(real) // 2
+    real_a, real_b = real[:half], real[half:]
+    sets = {REAL: real_a} | kept
+    metrics: dict[str, dict[str, Estimate]] = {name: {} for name in sets}
+    embed = get_embedder(options.embedder).embed
+    reference = embed(real_b)
+    emotions_b, sentiment_b = emotion_matrix(real_b), sentiment(real_b)
+    for name, texts in sets.items():
+        if len(texts) < 5:
+            notes.append(f"{name}: only {len(texts)} texts kept, too few to score")
+            continue
+        metrics[name]["frechet"] = frechet_ci(embed(texts), reference, seed=options.seed)
+        metrics[name]["auc"] = real_vs_generated_auc(real_b, texts, seed=options.seed)
+        metrics[name]["emotion_jsd"] = two_sample_ci(
+            emotion_matrix(texts), emotions_b,
+            lambda a, b: js_divergence(pooled_distribution(a), pooled_distribution(b)),
+            seed=options.seed)
+        metrics[name]["sentiment_jsd"] = two_sample_ci(
+            sentiment(texts), sentiment_b,
+            lambda a, b: js_divergence(sentiment_histogram(a), sentiment_histogram(b)),
+            seed=options.seed)
+    others = communities or [r[0] for r in db.execute(
+        "SELECT DISTINCT community FROM documents ORDER BY community")]
+    confusion: dict[str, dict[str, int]] = {}
+    if len(others) >= 2:
+        # The classifier learns the community from the reference half; the other half
+        # (the REAL row) is then its ceiling on unseen real texts.
+        pools = {c: (real_b if c == community else
+                     real_documents(db, c, options.real, options.seed)) for c in others}
+        for name, texts in sets.items():
+            if len(texts) >= 5:
+                one = identifiability(pools, {name: texts}, {name: community},
+                                      seed=options.seed)
+                metrics[name]["identifiability_f1"] = one.f1
+                confusion[name] = one.confusion[name]
+    else:
+        notes.append("identifiability needs the real texts of at least two communities")
+    with db.conn:
+        for name, values in metrics.items():
+            for metric, est in values.items():
+                db.conn.execute("INSERT OR REPLACE INTO fidelity_metrics VALUES"
+                                " (?, ?, ?, ?, ?, ?, ?)",
+                                [run_id, name, metric, est.value, est.low, est.high, est.n])
+        db.conn.execute("UPDATE fidelity_runs SET finished_at = ?, perplexity_cap = ?,"
+                        " confusion = ? WHERE id = ?",
+                        [time.time(), cap, json.dumps(confusion), run_id])
+    return FidelityResult(run_id, community, [p[0] for p in plan], dropped, metrics, confusion,
+                          cap, notes)
