@@ -895,16 +895,13 @@ def psychometrics_cmd(obj, communities, instrument, item_bank, repeats, prefixes
     kind = "aligned" if sum(r.startswith("aligned:") for r in scores) >= 2 else "persona"
     pairs = list(combinations([r for r in scores if r.startswith(kind + ":")], 2))
     if as_json:
-        def est(e):
-            return {"value": e.value, "low": e.low, "high": e.high, "n": e.n}
-
         click.echo(json.dumps({
             "instrument": inst.name, "notes": result.notes,
-            "respondents": {r: {"scores": {m: est(s.estimate(m)) for m in measures},
+            "respondents": {r: {"scores": {m: s.estimate(m).as_dict() for m in measures},
                                 "rules": s.rules, "rule_share": s.rule_share,
                                 "administrations": s.administrations}
                             for r, s in scores.items()},
-            "differences": [{"a": a, "b": b, "score": m, **est(d), "p": p}
+            "differences": [{"a": a, "b": b, "score": m, **d.as_dict(), "p": p}
                             for a, b in pairs for m in measures
                             for d, p in [difference(scores[a], scores[b], m)]]}, indent=2))
         return

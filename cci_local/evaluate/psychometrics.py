@@ -212,25 +212,16 @@ def run_psychometrics(db: sqlite_utils.Database, communities: list[str], inst: I
     base and the persona-prompted base), score each like a human respondent.
     ``prefixes``: use only the first N persona prefixes of the instrument's pool."""
     from ..llm import get_backend
-    from .survey import aligned_backend
+    from .survey import respondent_plan
 
     if prefixes is not None:
         inst = inst.model_copy(update={"personas": inst.personas[:max(1, prefixes)]})
 
     backend = get_backend(base)
-    plan = [("base", backend, None)] if include_base else []
-    if persona:
-        plan += [(f"persona:{c}", backend, persona_text.format(community=c))
-                 for c in communities]
-    notes, extra = [], []
-    for c in communities:
-        adapted = aligned_backend(db, c, base)
-        if adapted is None:
-            notes.append(f"r/{c} has no adapter on {base}: run `cci-local train r/{c}` to add "
-                         "its aligned model")
-        else:
-            plan.append((f"aligned:{c}", adapted, None))
-            extra.append(adapted)
+    notes: list[str] = []
+    plan, extra = respondent_plan(db, communities, base, backend, notes,
+                                  include_base=include_base, persona=persona,
+                                  persona_text=persona_text)
     if progress:
         progress("total", len(inst.items) * len(inst.personas) * len(plan))
     scores = {}

@@ -234,7 +234,7 @@ class SurveyResult:
     def as_dict(self, communities: list[str]) -> dict:
         """Everything the tables show, for ``--json`` and the report."""
         def est(e: Estimate) -> dict | None:
-            return {"value": e.value, "low": e.low, "high": e.high, "n": e.n} if e.n else None
+            return e.as_dict() if e.n else None
 
         out = {"source": self.source, "scoring": self.scoring, "items": len(self.items),
                "notes": self.notes, "communities": {}, "matrix": {}}
@@ -291,6 +291,30 @@ def aligned_backend(db: sqlite_utils.Database, community: str, base: str):
     return LlamaCppBackend(resolved.gguf, spec=f"{base}+adapter:{community}", lora_path=row[0])
 
 
+def respondent_plan(db: sqlite_utils.Database, communities: list[str], base: str,
+                    backend: Backend, notes: list[str], *, include_base: bool = True,
+                    persona: bool = True, aligned: bool = True, persona_text: str = PERSONA):
+    """The respondents asked by the survey and psychometrics stages, in order: the base
+    model, the base with each community's persona, each community's aligned model (a
+    note for a community without adapter).  Returns (respondent, backend, system
+    prompt) triples and the adapter backends opened here, for the caller to close."""
+    plan = [("base", backend, None)] if include_base else []
+    if persona:
+        plan += [(f"persona:{c}", backend, persona_text.format(community=c))
+                 for c in communities]
+    opened = []
+    if aligned:
+        for c in communities:
+            adapted = aligned_backend(db, c, base)
+            if adapted is None:
+                notes.append(f"r/{c} has no adapter on {base}: run `cci-local train r/{c}` "
+                             "to add its aligned model")
+            else:
+                plan.append((f"aligned:{c}", adapted, None))
+                opened.append(adapted)
+    return plan, opened
+
+
 def run_survey(db: sqlite_utils.Database, communities: list[str], base: str = "embedded", *,
                split_by: str = "random", survey_id: str | None = None, persona: bool = True,
                aligned: bool = True, persona_text: str = PERSONA, template: str = QUESTION,
@@ -315,20 +339,8 @@ def run_survey(db: sqlite_utils.Database, communities: list[str], base: str = "e
             "" if survey_id else ": run `cci-local generate` first"))
         return SurveyResult(source, items, {}, notes, scoring)
     backend = get_backend(base)
-    plan = [("base", backend, None)]
-    if persona:
-        plan += [(f"persona:{c}", backend, persona_text.format(community=c))
-                 for c in communities]
-    extra = []
-    if aligned:
-        for c in communities:
-            adapted = aligned_backend(db, c, base)
-            if adapted is None:
-                notes.append(f"r/{c} has no adapter on {base}: run `cci-local train r/{c}` "
-                             "to add its aligned model")
-            else:
-                plan.append((f"aligned:{c}", adapted, None))
-                extra.append(adapted)
+    plan, extra = respondent_plan(db, communities, base, backend, notes, persona=persona,
+                                  aligned=aligned, persona_text=persona_text)
     if progress:
         progress("total", len(plan) * len(items))
     answers = {}
