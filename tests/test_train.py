@@ -304,9 +304,11 @@ def test_fidelity_of_the_trained_adapter(trained):
             assert est["low"] <= est["high"]
             if name in ("auc", "identifiability_f1"):  # one-sample statistics
                 assert est["low"] <= est["value"] + 1e-9 <= est["high"] + 2e-9
-    # The adapter moves the model's writing toward r/keto: more of its texts are
-    # classified as keto than the base model's.
-    assert data["confusion"]["aligned:keto"]["keto"] > data["confusion"]["base"]["keto"]
+    # The adapter moves the model's writing toward r/keto: its embeddings sit closer to
+    # the real posts' than the base model's.  (Measured over five seeds and two machines:
+    # aligned 0.89-1.39 vs base 1.46-1.54.  The identifiability count is too coarse for
+    # a 12-step adapter and 12 texts: 1-8 of 12 classified keto vs the base's 0-1.)
+    assert metrics["aligned:keto"]["frechet"]["value"] < base["frechet"]["value"]
     assert set(data["confusion"]["base"]) == {"keto", "nutrition"}
     stored = db.execute("SELECT count(*) FROM fidelity_metrics WHERE run_id = ?",
                         [data["run"]]).fetchone()[0]
