@@ -35,6 +35,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_survey.py
+	$(BIN)/python benchmarks/bench_fidelity.py
 
 lint: install
 	$(BIN)/ruff check .

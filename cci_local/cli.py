@@ -521,6 +521,8 @@ def _advance(bar, task):
     def progress(kind, n):
         if kind == "total":
             bar.update(task, total=n)
+        elif kind == "phase":  # a new stage of the same job: (description, total)
+            bar.reset(task, description=n[0], total=n[1])
         else:
             bar.advance(task, n)
     return progress
@@ -951,17 +953,29 @@ def psychometrics_cmd(obj, communities, instrument, item_bank, repeats, prefixes
               show_default=True, help="Embeddings for the Frechet distance.")
 @click.option("--no-persona", is_flag=True, help="Leave out the persona-prompted base.")
 @click.option("--no-base", is_flag=True, help="Leave out the base model.")
+@click.option("--judge", metavar="MODEL",
+              help="The LLM judge of toxicity and harm (default: the base model).")
+@click.option("--detoxify", type=click.Path(dir_okay=False), metavar="CKPT",
+              help="Score toxicity with this local Detoxify checkpoint instead of the judge.")
+@click.option("--detoxify-config", type=click.Path(file_okay=False), metavar="DIR",
+              help="Folder with the checkpoint's transformer config and tokenizer (offline).")
+@click.option("--harm-rubric", type=click.Path(dir_okay=False), metavar="FILE",
+              help="A text file with the harm judge's rubric (default: disordered eating, "
+                   "self-harm, harassment; see `cci_local/evaluate/judges.py`).")
+@click.option("--no-judges", is_flag=True, help="Leave out toxicity and harm.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.pass_obj
 def fidelity_cmd(obj, community, base, samples, real, max_tokens, temperature, max_perplexity,
-                 embedder, no_persona, no_base, seed, as_json):
+                 embedder, no_persona, no_base, judge, detoxify, detoxify_config, harm_rubric,
+                 no_judges, seed, as_json):
     """Compare COMMUNITY's aligned model's writing (and the base and persona-prompted
     base's) with the community's real documents: near-copies, duplicates and gibberish
     dropped first; identifiability, Frechet distance, real-vs-generated AUC, emotion
     and sentiment divergence, each with a 95% bootstrap CI, next to a split half of the
-    real documents (the ceiling)."""
-    from .evaluate.fidelity import REAL, FidelityOptions, run_fidelity
+    real documents (the ceiling); toxicity (Detoxify from a local checkpoint, else the
+    LLM judge) and harm (the LLM judge, with its reasons) of every kept text."""
+    from .evaluate.fidelity import REAL, FidelityOptions, JudgeOptions, run_fidelity
     from .llm import BackendError, load_registry
     from .store import UnknownCommunity, select_communities
     from .train import TrainError
@@ -972,11 +986,16 @@ def fidelity_cmd(obj, community, base, samples, real, max_tokens, temperature, m
         options = FidelityOptions(samples=samples, real=real, max_tokens=max_tokens,
                                   temperature=temperature, seed=seed, embedder=embedder,
                                   max_perplexity=max_perplexity)
+        judges = JudgeOptions(judge=judge, detoxify=detoxify, detoxify_config=detoxify_config,
+                              enabled=not no_judges)
+        if harm_rubric:
+            judges.harm_rubric = _read_rubric(harm_rubric)
         bar = _progress("fidelity")
         with bar:
             task = bar.add_task("answers", total=None)
             result = run_fidelity(obj.db, name, base, options, persona=not no_persona,
-                                  include_base=not no_base, progress=_advance(bar, task))
+                                  include_base=not no_base, judges=judges,
+                                  progress=_advance(bar, task))
     except (UnknownCommunity, TrainError, ValueError) as e:
         _fail(str(e))
     except BackendError as e:
@@ -985,7 +1004,8 @@ def fidelity_cmd(obj, community, base, samples, real, max_tokens, temperature, m
         click.echo(json.dumps({
             "community": result.community, "run": result.run_id, "notes": result.notes,
             "perplexity_cap": result.perplexity_cap, "dropped": result.dropped,
-            "confusion": result.confusion,
+            "confusion": result.confusion, "scorers": result.scorers,
+            "harmful": result.harmful,
             "metrics": {m: {k: e.as_dict() for k, e in v.items()}
                         for m, v in result.metrics.items()}}, indent=2))
         return
@@ -1023,6 +1043,37 @@ def fidelity_cmd(obj, community, base, samples, real, max_tokens, temperature, m
         for model, row in result.confusion.items():
             table.add_row(model, *[str(row.get(c, 0)) for c in labels])
         out.print(table)
+    if result.scorers:
+        table = Table(box=box.SIMPLE_HEAD, title="toxicity and harm, mean score 0-1, 95% "
+                      "bootstrap CI", title_justify="left")
+        table.add_column("texts")
+        for criterion in result.scorers:
+            table.add_column(f"{criterion} (lower)")
+        for model, values in result.metrics.items():
+            table.add_row(model, *[_ci(values[c]) if c in values else "-"
+                                   for c in result.scorers],
+                          style="dim" if model == REAL else None)
+        out.print(table)
+        for criterion, scorer in result.scorers.items():
+            out.print(f"{criterion}: {scorer}", highlight=False, markup=False, soft_wrap=True)
+    if result.harmful:
+        out.print("highest harm scores, with the judge's reasons:", highlight=False)
+        for row in result.harmful:
+            text = " ".join(row["text"].split())
+            out.print(f"  {row['score']:.2f}  {row['model']}: {text[:100]!r}\n"
+                      f"        {row['reason']}", highlight=False, markup=False,
+                      soft_wrap=True)
+
+
+def _read_rubric(path: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        _fail(f"{path}: cannot read the rubric ({e})")
+    if len(text) < 20:
+        _fail(f"{path}: the rubric is empty or too short to judge by; write what counts as "
+              "harmful and what each rating 0-4 means")
+    return text
 
 
 def _ci(est) -> str:

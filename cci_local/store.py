@@ -386,11 +386,30 @@ def _v10_fidelity(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v11_fidelity_judgments(db: sqlite_utils.Database) -> None:
+    # Toxicity and harm scores of each judged text (a run's generated texts by idx, its
+    # real half as model 'real (split half)'), per scorer, with the judge's reason.
+    db.execute(
+        "CREATE TABLE fidelity_judgments ("
+        " run_id INTEGER NOT NULL REFERENCES fidelity_runs(id) ON DELETE CASCADE,"
+        " model TEXT NOT NULL,"
+        " idx INTEGER NOT NULL,"
+        " criterion TEXT NOT NULL CHECK (criterion IN ('toxicity', 'harm')),"
+        " scorer TEXT NOT NULL,"
+        " score REAL NOT NULL CHECK (score BETWEEN 0 AND 1),"
+        " reason TEXT,"
+        " call_id INTEGER,"
+        " PRIMARY KEY (run_id, model, idx, criterion, scorer))"
+    )
+    db.execute("ALTER TABLE fidelity_runs ADD COLUMN scorers TEXT")
+
+
 # Append only.  MIGRATIONS[i] upgrades a store from version i to version i + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_documents, _v2_llm_calls, _v3_topics, _v4_instructions,
     _v5_teacher_rows, _v6_adapters, _v7_survey_answers,
-    _v8_outside_surveys, _v9_instrument_answers, _v10_fidelity]
+    _v8_outside_surveys, _v9_instrument_answers, _v10_fidelity,
+    _v11_fidelity_judgments]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

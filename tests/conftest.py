@@ -92,3 +92,49 @@ def all_text(db_path: Path) -> str:
 
 def tokens(text: str) -> set[str]:
     return set(re.findall(r"[A-Za-z0-9_-]+", text))
+
+
+TOXIC = ["you are an idiot", "shut up you stupid moron", "what a worthless loser you are",
+         "idiot moron stupid", "nobody wants you here you pathetic idiot"]
+CLEAN = ["i had eggs and bacon for breakfast", "keto helped me lose ten pounds",
+         "how many carbs are in an apple", "thanks for the helpful advice",
+         "protein keeps me full until lunch"]
+
+
+@pytest.fixture(scope="session")
+def detoxify_checkpoint(tmp_path_factory):
+    """A real Detoxify checkpoint (its training config + state dict, as Detoxify's
+    releases are) of a tiny BERT trained here to flag insults, with its config and
+    tokenizer in a folder: Detoxify's own loader reads it offline.  The released
+    checkpoints are not on PyPI, so none can be fetched here."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("detoxify")
+    words = sorted({w for t in TOXIC + CLEAN for w in t.split()})
+    (folder / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tokenizer = BertTokenizer(str(folder / "vocab.txt"))
+    config = BertConfig(vocab_size=5 + len(words), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, num_labels=6,
+                        max_position_embeddings=128)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    inputs = tokenizer(TOXIC + CLEAN, return_tensors="pt", padding=True)
+    labels = torch.tensor([[1.0] * 6] * len(TOXIC) + [[0.0] * 6] * len(CLEAN))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            model(**inputs).logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    classes = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
+    torch.save({"config": {"arch": {"args": {
+        "model_type": "bert-base-uncased", "model_name": "BertForSequenceClassification",
+        "tokenizer_name": "BertTokenizer", "num_classes": 6}},
+        "dataset": {"args": {"classes": classes}}}, "state_dict": model.state_dict()},
+        folder / "tiny.ckpt")
+    return folder / "tiny.ckpt", folder

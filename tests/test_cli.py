@@ -45,7 +45,9 @@ def test_ctrl_c_then_rerun_finishes_without_duplicates(tmp_path):
     from conftest import ndjson, real_comments
 
     dump = tmp_path / "big.ndjson"
-    dump.write_bytes(ndjson(real_comments(150_000)))
+    # Big enough that the interrupt lands mid-way: ingest runs ~100k records/s here and
+    # commits ~60k at a time (150k records finished before the signal on a quiet machine).
+    dump.write_bytes(ndjson(real_comments(400_000)))
     assert dump.stat().st_size > 8 << 20  # the parallel path
     db = tmp_path / "int.db"
     env = {**os.environ, "COLUMNS": "160"}
@@ -55,7 +57,7 @@ def test_ctrl_c_then_rerun_finishes_without_duplicates(tmp_path):
     deadline = time.monotonic() + 120
     stored = 0
     while stored == 0 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.05)
         if db.exists():
             try:
                 with sqlite3.connect(db) as conn:

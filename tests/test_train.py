@@ -274,21 +274,41 @@ def test_dry_run_prints_the_plan_and_trains_nothing(trained):
 
 
 @pytest.mark.slow
-def test_fidelity_of_the_trained_adapter(trained):
+def test_fidelity_of_the_trained_adapter(trained, detoxify_checkpoint, tmp_path):
     """The fidelity stage end to end on the module's adapter (keto, template pairs):
-    every model's answers screened and scored next to the real split half; a re-run
-    makes no model call."""
-    args = ("fidelity", "keto", "--samples", "12", "--real", "60", "--max-tokens", "48")
+    every model's answers screened and scored next to the real split half, toxicity
+    by Detoxify (a local checkpoint), harm by the embedded model as judge; a re-run
+    makes no model call.  (The persona-prompted base is left out to save time: it is
+    generated the same way as the base, with a system prompt.)"""
+    checkpoint, config = detoxify_checkpoint
+    rubric = tmp_path / "rubric.txt"
+    rubric.write_text("harmful\n")
+    bad = cci("fidelity", "keto", "--harm-rubric", str(rubric), db=trained["db_path"],
+              check=False)
+    assert bad.returncode == 2 and f"{rubric}: the rubric is empty or too short" in bad.stderr
+    args = ("fidelity", "keto", "--samples", "12", "--real", "60", "--max-tokens", "48",
+            "--no-persona", "--detoxify", str(checkpoint), "--detoxify-config", str(config))
     out = cci(*args, db=trained["db_path"]).stdout
     print(out)
     assert "screened before scoring (perplexity cap" in out
     assert "fidelity to r/keto's real documents, 95% bootstrap CI" in out
-    for row in ("aligned:keto", "base", "persona:keto", "real (split half)"):
+    assert "toxicity: Detoxify tiny.ckpt (" in out
+    assert "harm: LLM judge embedded (SmolLM2-135M-Instruct.Q4_1.gguf), fixed rubric" in out
+    for row in ("aligned:keto", "base", "real (split half)"):
         assert row in out
     db = open_store(trained["db_path"])
     texts = db.execute("SELECT model, count(*), sum(kept) FROM fidelity_texts GROUP BY model"
                        ).fetchall()
-    assert {m: n for m, n, _ in texts} == {"aligned:keto": 12, "base": 12, "persona:keto": 12}
+    assert {m: n for m, n, _ in texts} == {"aligned:keto": 12, "base": 12}
+    kept = {m: k for m, _, k in texts} | {"real (split half)": 12}
+    judged = db.execute("SELECT criterion, model, count(*), count(reason), min(score),"
+                        " max(score) FROM fidelity_judgments GROUP BY criterion, model"
+                        ).fetchall()
+    for criterion, model, n, reasons, low, high in judged:
+        assert n == kept[model]  # every kept text and 12 real texts, each scored once
+        assert reasons == (n if criterion == "harm" else 0)  # the harm judge says why
+        assert 0 <= low <= high <= 1
+    assert len(judged) == 2 * len(kept)
     calls = db.execute("SELECT count(*) FROM llm_calls").fetchone()[0]
     data = json.loads(cci(*args, "--json", db=trained["db_path"]).stdout)
     assert db.execute("SELECT count(*) FROM llm_calls").fetchone()[0] == calls
@@ -310,6 +330,9 @@ def test_fidelity_of_the_trained_adapter(trained):
     # a 12-step adapter and 12 texts: 1-8 of 12 classified keto vs the base's 0-1.)
     assert metrics["aligned:keto"]["frechet"]["value"] < base["frechet"]["value"]
     assert set(data["confusion"]["base"]) == {"keto", "nutrition"}
+    assert data["scorers"]["toxicity"].startswith("Detoxify tiny.ckpt")
+    assert all({"toxicity", "harm"} <= set(v) for v in metrics.values())
+    assert len(data["harmful"]) == 3 and all(h["reason"] for h in data["harmful"])
     stored = db.execute("SELECT count(*) FROM fidelity_metrics WHERE run_id = ?",
                         [data["run"]]).fetchone()[0]
     assert stored == sum(len(v) for v in metrics.values())

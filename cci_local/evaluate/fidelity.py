@@ -7,9 +7,10 @@ duplicates, gibberish by a perplexity cap), and compares each set with the
 community's real documents on the same topics, next to a split half of the real
 documents as the ceiling: identifiability, Frechet distance of embeddings,
 real-vs-generated AUC, emotion and sentiment divergence, each with a 95%
-bootstrap interval.  Generated texts (and why any were dropped) and the figures
-are stored; every model call goes through the prompt cache, so a re-run makes
-none.
+bootstrap interval; and toxicity and harm scores (``judges.py``: Detoxify or an LLM
+judge) of every kept text and of the real half, with the harm judge's reasons.
+Generated texts (and why any were dropped), every score and the figures are
+stored; every model call goes through the prompt cache, so a re-run makes none.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import numpy as np
 import sqlite_utils
 
 from ..llm import Backend, Sampling, chat
-from .metrics import Estimate, two_sample_ci
+from .judges import HARM_RUBRIC, Scorer
+from .metrics import Estimate, bootstrap_ci, two_sample_ci
 from .survey import PERSONA
 
 REAL = "real (split half)"
@@ -46,6 +48,18 @@ class FidelityOptions:
 
 
 @dataclass
+class JudgeOptions:
+    """Who scores toxicity and harm.  Not part of a run's key: scores are stored per
+    scorer, so another judge adds its own scores to the same texts."""
+
+    judge: str | None = None  # the judge MODEL; None: the base model
+    detoxify: str | None = None  # a local Detoxify checkpoint: toxicity from it
+    detoxify_config: str | None = None  # its transformer's config/tokenizer folder
+    harm_rubric: str = HARM_RUBRIC
+    enabled: bool = True
+
+
+@dataclass
 class FidelityResult:
     run_id: int
     community: str
@@ -55,6 +69,9 @@ class FidelityResult:
     confusion: dict[str, dict[str, int]]
     perplexity_cap: float
     notes: list[str] = field(default_factory=list)
+    scorers: dict[str, str] = field(default_factory=dict)  # criterion -> who scored it
+    harmful: list[dict] = field(default_factory=list)  # highest harm scores, with reasons
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase
 
 
 def held_out_instructions(db: sqlite_utils.Database, community: str) -> list[tuple[int, str]]:
@@ -155,10 +172,50 @@ def _perplexities(db, run_id, respondent, rows, scorer: Backend) -> list[float]:
     return values
 
 
+def make_scorers(judges: JudgeOptions, base: str) -> dict[str, Scorer]:
+    """The toxicity and harm scorers ``judges`` asks for (their models opened here)."""
+    from ..llm import get_backend
+    from .judges import TOXICITY_RUBRIC, DetoxifyScorer, LLMJudge
+
+    backend = get_backend(judges.judge or base)
+    toxicity = (DetoxifyScorer(judges.detoxify, judges.detoxify_config) if judges.detoxify
+                else LLMJudge(backend, TOXICITY_RUBRIC, criterion="toxicity"))
+    harm = LLMJudge(backend, judges.harm_rubric, criterion="harm", reasons=True)
+    return {"toxicity": toxicity, "harm": harm}
+
+
+def _judge(db, run_id: int, criterion: str, scorer: Scorer, sets, progress,
+           batch: int = 8) -> dict[str, list[tuple[float, str | None]]]:
+    """Every text of ``sets`` (name -> [(idx, text)]) scored once by ``scorer``: stored
+    scores are read back, the rest scored a batch at a time and stored."""
+    out = {}
+    for name, items in sets.items():
+        have = {r[0]: (r[1], r[2]) for r in db.execute(
+            "SELECT idx, score, reason FROM fidelity_judgments WHERE run_id = ? AND model = ?"
+            " AND criterion = ? AND scorer = ?", [run_id, name, criterion, scorer.name])}
+        todo = [(i, t) for i, t in items if i not in have]
+        if progress:
+            progress("advance", len(items) - len(todo))
+        for start in range(0, len(todo), batch):
+            chunk = todo[start:start + batch]
+            found = scorer.judge(db, [t for _, t in chunk])
+            with db.conn:
+                for (i, _), j in zip(chunk, found, strict=True):
+                    db.conn.execute("INSERT OR REPLACE INTO fidelity_judgments VALUES"
+                                    " (?, ?, ?, ?, ?, ?, ?, ?)",
+                                    [run_id, name, i, criterion, scorer.name, j.score,
+                                     j.reason, j.call_id])
+                    have[i] = (j.score, j.reason)
+            if progress:
+                progress("advance", len(chunk))
+        out[name] = [have[i] for i, _ in items]
+    return out
+
+
 def run_fidelity(db: sqlite_utils.Database, community: str, base: str = "embedded",
                  options: FidelityOptions | None = None, *, communities: list[str] | None = None,
                  persona: bool = True, include_base: bool = True,
-                 progress=None) -> FidelityResult:
+                 judges: JudgeOptions | None = None, progress=None) -> FidelityResult:
     """Generate, screen and score; ``communities``: whose real texts train the
     identifiability classifier (default: every community with documents)."""
     from ..embed import get_embedder
@@ -174,6 +231,7 @@ def run_fidelity(db: sqlite_utils.Database, community: str, base: str = "embedde
     from .survey import aligned_backend
 
     options = options or FidelityOptions()
+    judges = judges or JudgeOptions()
     notes: list[str] = []
     instructions = held_out_instructions(db, community)
     if not instructions:
@@ -196,8 +254,11 @@ def run_fidelity(db: sqlite_utils.Database, community: str, base: str = "embedde
     if progress:
         progress("total", options.samples * len(plan))
     try:
+        clock = time.perf_counter()
         generated = {name: _generate(db, run_id, name, model, instructions, system, options,
                                      progress) for name, model, system in plan}
+        seconds = {"generate": time.perf_counter() - clock}
+        clock = time.perf_counter()
         real = real_documents(db, community, options.real, options.seed,
                               [i for i, _ in instructions])
         # The perplexity cap: the largest perplexity the base model gives a real text
@@ -216,6 +277,7 @@ def run_fidelity(db: sqlite_utils.Database, community: str, base: str = "embedde
             model.close()
 
     kept: dict[str, list[str]] = {}
+    kept_idx: dict[str, list[int]] = {}
     dropped: dict[str, dict[str, int]] = {}
     for name, rows in generated.items():
         result = screen([r["text"] for r in rows], real, perplexities=ppl[name],
@@ -228,6 +290,7 @@ def run_fidelity(db: sqlite_utils.Database, community: str, base: str = "embedde
                                 [int(i not in reasons), reasons.get(i), result.copy_scores[i],
                                  run_id, name, row["idx"]])
         kept[name] = [rows[i]["text"] for i in result.kept]
+        kept_idx[name] = [rows[i]["idx"] for i in result.kept]
         dropped[name] = result.counts()
 
     half = len(real) // 2
@@ -267,6 +330,38 @@ def run_fidelity(db: sqlite_utils.Database, community: str, base: str = "embedde
                 confusion[name] = one.confusion[name]
     else:
         notes.append("identifiability needs the real texts of at least two communities")
+
+    seconds["score"] = time.perf_counter() - clock  # perplexities, screening, metrics
+    clock = time.perf_counter()
+    scorers: dict[str, str] = {}
+    harmful: list[dict] = []
+    if judges.enabled:
+        # As many real texts are judged as each model wrote: the ceiling's interval is
+        # as wide as theirs, and judging (the slow part on a CPU) does not double.
+        judged = {REAL: list(enumerate(real_a[:options.samples]))} | {
+            name: list(zip(kept_idx[name], texts, strict=True))
+            for name, texts in kept.items()}
+        if progress:
+            progress("phase", ("judging toxicity and harm",
+                               2 * sum(len(v) for v in judged.values())))
+        found = make_scorers(judges, base)
+        try:
+            for criterion, scorer in found.items():
+                scores = _judge(db, run_id, criterion, scorer, judged, progress)
+                scorers[criterion] = scorer.name
+                for name, values in scores.items():
+                    if len(values) >= 5:
+                        metrics[name][criterion] = bootstrap_ci(
+                            [v for v, _ in values], seed=options.seed)
+                if criterion == "harm":
+                    harmful = sorted(
+                        ({"model": name, "text": text, "score": score, "reason": reason}
+                         for name, items in judged.items() if name != REAL
+                         for (_, text), (score, reason) in zip(items, scores[name], strict=True)),
+                        key=lambda r: -r["score"])[:3]
+        finally:
+            for scorer in found.values():
+                scorer.close()
     with db.conn:
         for name, values in metrics.items():
             for metric, est in values.items():
@@ -274,7 +369,8 @@ def run_fidelity(db: sqlite_utils.Database, community: str, base: str = "embedde
                                 " (?, ?, ?, ?, ?, ?, ?)",
                                 [run_id, name, metric, est.value, est.low, est.high, est.n])
         db.conn.execute("UPDATE fidelity_runs SET finished_at = ?, perplexity_cap = ?,"
-                        " confusion = ? WHERE id = ?",
-                        [time.time(), cap, json.dumps(confusion), run_id])
+                        " confusion = ?, scorers = ? WHERE id = ?",
+                        [time.time(), cap, json.dumps(confusion), json.dumps(scorers), run_id])
     return FidelityResult(run_id, community, [p[0] for p in plan], dropped, metrics, confusion,
-                          cap, notes)
+                          cap, notes, scorers, harmful,
+                          seconds | {"judge": time.perf_counter() - clock})
