@@ -118,3 +118,35 @@ def test_identifiability_on_real_held_out_texts(keto):
     assert result.confusion["keto posts"]["keto"] > result.confusion["keto posts"]["nutrition"]
     assert result.f1.value > 0.6 and result.held_out_f1 > 0.6
     assert sum(result.confusion["nutrition posts"].values()) == 40
+
+
+@pytest.mark.parametrize("n_a, n_b, dims", [(12, 30, 64), (300, 200, 16), (40, 40, 40)])
+def test_frechet_distance_equals_the_sqrtm_formula(n_a, n_b, dims):
+    """The nuclear-norm / symmetric forms give the textbook value (scipy's sqrtm)."""
+    from scipy import linalg
+
+    rng = np.random.default_rng(n_a)
+    a = rng.normal(size=(n_a, dims)) @ rng.normal(size=(dims, dims))
+    b = rng.normal(0.3, 1.0, size=(n_b, dims)) @ rng.normal(size=(dims, dims))
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    mu = a.mean(axis=0) - b.mean(axis=0)
+    textbook = mu @ mu + np.trace(sa + sb - 2 * np.real(linalg.sqrtm(sa @ sb)))
+    assert frechet_distance(a, b) == pytest.approx(textbook, rel=1e-6)
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6 * textbook)
+
+
+def test_fast_f1_and_auc_equal_scikit_learn():
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    from cci_local.evaluate.authenticity import auc_score, weighted_f1
+
+    rng = np.random.default_rng(7)
+    for k, n in ((2, 12), (3, 40), (4, 7)):
+        truth, predicted = rng.integers(0, k, n), rng.integers(0, k, n)
+        truth[:3] = 0  # a label can be missing from either side
+        assert weighted_f1(truth, predicted, k) == pytest.approx(f1_score(
+            truth, predicted, labels=list(range(k)), average="weighted", zero_division=0))
+    y = np.array([0] * 10 + [1] * 10)
+    scores = np.round(rng.random(20), 1)  # ties
+    assert auc_score(y, scores) == pytest.approx(roc_auc_score(y, scores))
+    assert auc_score(np.ones(5), scores[:5]) == 0.5

@@ -216,17 +216,37 @@ class LlamaCppBackend(Backend):
 
     def answer_logprob(self, messages: Messages, answer: str) -> tuple[float, int]:
         """log P(answer | messages) as the assistant's reply, and its token count: the
-        prompt in one pass, then one token at a time (no n_ctx x vocabulary buffer)."""
+        prompt in one pass (less the cached prefix), then the answer in batches that
+        return logits at every position (llama.cpp's per-token output flags), so no
+        n_ctx x vocabulary buffer is kept and no token is decoded alone."""
+        import numpy as np
+
         with self._lock:
             llm = self.llm
             prompt = self.prompt_tokens(messages)
             ids = llm.tokenize(answer.encode("utf-8"), add_bos=False, special=False)
+            if not ids:
+                return 0.0, 0
             self._check_fits(len(prompt), len(ids) + 1)
             self._eval_prompt(prompt)
-            total = 0.0
-            for token in ids:
-                total += float(self._log_softmax_last()[token])
-                llm.eval([token])
+            total = float(self._log_softmax_last()[ids[0]])
+            n_vocab = llm.n_vocab()
+            rest = ids[:-1]  # each position predicts the next answer token
+            for start in range(0, len(rest), llm.n_batch):
+                chunk = rest[start:start + llm.n_batch]
+                n_past = llm.n_tokens
+                llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
+                llm._batch.set_batch(batch=chunk, n_past=n_past, logits_all=True)
+                llm._ctx.decode(llm._batch)
+                llm.input_ids[n_past:n_past + len(chunk)] = chunk
+                llm.n_tokens += len(chunk)
+                logits = np.ctypeslib.as_array(
+                    ctypes.cast(llm._ctx.get_logits(), ctypes.POINTER(ctypes.c_float)),
+                    shape=(len(chunk), n_vocab)).astype(np.float64)
+                top = logits.max(axis=1, keepdims=True)
+                norm = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+                targets = ids[start + 1:start + 1 + len(chunk)]
+                total += float((logits[np.arange(len(chunk)), targets] - norm).sum())
         return total, len(ids)
 
     def last_logits(self, messages: Messages):
