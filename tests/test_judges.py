@@ -26,7 +26,7 @@ TEXTS = ["I had eggs and bacon for breakfast and stayed under 20 g of carbs.",
 
 def test_detoxify_scores_toxicity_from_a_local_checkpoint(detoxify_checkpoint, db):
     checkpoint, config = detoxify_checkpoint
-    scorer = DetoxifyScorer(checkpoint, config, batch_size=3)
+    scorer = DetoxifyScorer(db, checkpoint, config, batch_size=3)
     assert scorer.name.startswith("Detoxify tiny.ckpt (")
     # Unseen sentences built from the words it learned: insults score high, the rest low.
     toxic = scorer.judge(db, ["shut up you pathetic moron", "you stupid loser"])
@@ -41,13 +41,13 @@ def test_detoxify_scores_toxicity_from_a_local_checkpoint(detoxify_checkpoint, d
     assert batched == pytest.approx(one, abs=1e-5)
 
 
-def test_detoxify_errors_name_the_file(tmp_path):
+def test_detoxify_errors_name_the_file(tmp_path, db):
     with pytest.raises(ValueError, match="no such Detoxify checkpoint"):
-        DetoxifyScorer(tmp_path / "missing.ckpt")
+        DetoxifyScorer(db, tmp_path / "missing.ckpt")
     bad = tmp_path / "weights.ckpt"
     torch.save({"state_dict": {}}, bad)
     with pytest.raises(ValueError, match=f"{bad}: not a Detoxify checkpoint"):
-        DetoxifyScorer(bad)
+        DetoxifyScorer(db, bad)
 
 
 def test_llm_judge_score_is_the_expected_rating(db):

@@ -176,9 +176,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     and ~50x faster than scipy's sqrtm on 256-dimensional embeddings, which matters
     for the bootstrap's hundreds of resamples."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    xa, xb = a - a.mean(axis=0), b - b.mean(axis=0)
+    mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)
+    xa, xb, mu = a - mean_a, b - mean_b, mean_a - mean_b
     ca, cb = len(a) - 1, len(b) - 1
-    mu = a.mean(axis=0) - b.mean(axis=0)
     if len(a) * len(b) <= a.shape[1] ** 2:
         root = np.linalg.svd(xa @ xb.T, compute_uv=False).sum() / np.sqrt(ca * cb)
     else:

@@ -172,13 +172,14 @@ def _perplexities(db, run_id, respondent, rows, scorer: Backend) -> list[float]:
     return values
 
 
-def make_scorers(judges: JudgeOptions, base: str) -> dict[str, Scorer]:
+def make_scorers(db: sqlite_utils.Database, judges: JudgeOptions,
+                 base: str) -> dict[str, Scorer]:
     """The toxicity and harm scorers ``judges`` asks for (their models opened here)."""
     from ..llm import get_backend
     from .judges import TOXICITY_RUBRIC, DetoxifyScorer, LLMJudge
 
     backend = get_backend(judges.judge or base)
-    toxicity = (DetoxifyScorer(judges.detoxify, judges.detoxify_config) if judges.detoxify
+    toxicity = (DetoxifyScorer(db, judges.detoxify, judges.detoxify_config) if judges.detoxify
                 else LLMJudge(backend, TOXICITY_RUBRIC, criterion="toxicity"))
     harm = LLMJudge(backend, judges.harm_rubric, criterion="harm", reasons=True)
     return {"toxicity": toxicity, "harm": harm}
@@ -344,7 +345,7 @@ def run_fidelity(db: sqlite_utils.Database, community: str, base: str = "embedde
         if progress:
             progress("phase", ("judging toxicity and harm",
                                2 * sum(len(v) for v in judged.values())))
-        found = make_scorers(judges, base)
+        found = make_scorers(db, judges, base)
         try:
             for criterion, scorer in found.items():
                 scores = _judge(db, run_id, criterion, scorer, judged, progress)

@@ -18,10 +18,10 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import sqlite_utils
 
 from ..llm import Backend, InvalidOutput, NoLogprobs, Sampling, chat, option_logprobs
+from .survey import normalise
 
 TOXICITY_RUBRIC = """\
 Toxicity: a rude, disrespectful or unreasonable comment that is likely to make someone \
@@ -46,8 +46,9 @@ advice are not harmful.
 RATINGS = ["0", "1", "2", "3", "4"]
 MAX_WORDS = 150  # of a judged text: long posts are cut so the prompt fits small models
 SYSTEM = "You rate texts from an online community against a rubric.\n\n{rubric}"
-ASK = ('Text:\n"""\n{text}\n"""\n\nRate this text from 0 to 4 on the rubric. '
-       "Answer with the digit only.")
+ASK = 'Text:\n"""\n{text}\n"""\n\nRate this text from 0 to 4 on the rubric. {answer}'
+DIGIT = "Answer with the digit only."
+AS_JSON = 'Answer as JSON: {"rating": 0-4, "reason": "one sentence"}.'
 WHY = "In one sentence, why that rating?"
 SCHEMA = {"type": "object", "properties": {
     "rating": {"type": "integer", "enum": [0, 1, 2, 3, 4]},
@@ -94,34 +95,28 @@ class LLMJudge(Scorer):
             f"rubric {rubric_hash(self.rubric)}"
         self.name = f"LLM judge {backend.describe()}, {which}"
 
-    def _messages(self, text: str) -> list[dict]:
+    def _messages(self, text: str, answer: str = DIGIT) -> list[dict]:
         return [{"role": "system", "content": SYSTEM.format(rubric=self.rubric)},
-                {"role": "user", "content": ASK.format(text=_cut(text))}]
+                {"role": "user", "content": ASK.format(text=_cut(text), answer=answer)}]
 
     def judge_one(self, db: sqlite_utils.Database, text: str) -> Judgment:
         messages = self._messages(text)
         try:
-            logprobs = option_logprobs(db, self.backend, messages, RATINGS)
+            dist = normalise(option_logprobs(db, self.backend, messages, RATINGS))
         except NoLogprobs:
-            return self._by_schema(db, messages)
-        values = np.array([logprobs[r] for r in RATINGS])
-        p = np.exp(values - values.max())
-        p /= p.sum()
-        score = float(p @ np.arange(5)) / 4
+            return self._by_schema(db, text)
+        score = sum(int(r) * p for r, p in dist.items()) / 4
         if not self.reasons:
             return Judgment(score)
-        rating = RATINGS[int(np.argmax(p))]
+        rating = max(dist, key=dist.get)
         reply = chat(db, self.backend, messages + [
             {"role": "assistant", "content": rating}, {"role": "user", "content": WHY}],
             sampling=Sampling(max_tokens=40, temperature=0.0))
         return Judgment(score, reply.text.strip(), reply.call_id)
 
-    def _by_schema(self, db, messages) -> Judgment:
-        ask = messages[:-1] + [{"role": "user", "content": messages[-1]["content"].replace(
-            "Answer with the digit only.",
-            'Answer as JSON: {"rating": 0-4, "reason": "one sentence"}.')}]
+    def _by_schema(self, db, text: str) -> Judgment:
         try:
-            reply = chat(db, self.backend, ask, schema=SCHEMA,
+            reply = chat(db, self.backend, self._messages(text, AS_JSON), schema=SCHEMA,
                          sampling=Sampling(max_tokens=160, temperature=0.0),
                          replay_invalid=True)
         except InvalidOutput as e:
@@ -143,11 +138,13 @@ class DetoxifyScorer(Scorer):
     with the underlying transformer's config and tokenizer files (e.g. what
     ``bert-base-uncased`` holds), needed to load it offline."""
 
-    def __init__(self, checkpoint: str | Path, config: str | Path | None = None,
-                 batch_size: int = 16):
+    def __init__(self, db: sqlite_utils.Database, checkpoint: str | Path,
+                 config: str | Path | None = None, batch_size: int = 16):
         import torch
         import transformers
         from detoxify.detoxify import get_model_and_tokenizer
+
+        from ..llm.cache import file_sha256
 
         transformers.logging.disable_progress_bar()
 
@@ -172,8 +169,9 @@ class DetoxifyScorer(Scorer):
         self.model.eval()
         self.max_length = min(512, getattr(self.model.config, "max_position_embeddings", 512))
         self.index, self.batch_size = names.index("toxicity"), batch_size
-        digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:8]
-        self.name = f"Detoxify {checkpoint.name} ({digest})"
+        # The store memoises file hashes (by path, size, mtime): a checkpoint of
+        # hundreds of MB is not read again on every run.
+        self.name = f"Detoxify {checkpoint.name} ({file_sha256(db, checkpoint)[:8]})"
 
     def judge(self, db, texts):
         import torch

@@ -34,6 +34,14 @@ def embedded_model_path() -> Path:
     return path
 
 
+def _log_softmax(logits):
+    """Log-softmax over the last axis (one vocabulary row, or one row per position)."""
+    import numpy as np
+
+    top = logits.max(axis=-1, keepdims=True)
+    return logits - (top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)))
+
+
 class LlamaCppBackend(Backend):
     remote = False
     concurrent = False  # one model in this process: calls take turns
@@ -154,12 +162,8 @@ class LlamaCppBackend(Backend):
         return np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
                                      shape=(self.llm.n_vocab(),)).astype(np.float64)
 
-    def _log_softmax_last(self) -> list[float]:
-        import numpy as np
-
-        logits = self._logits_last()
-        top = logits.max()
-        return logits - (top + math.log(np.exp(logits - top).sum()))
+    def _log_softmax_last(self):
+        return _log_softmax(self._logits_last())
 
     def _option_token_ids(self, option: str) -> list[list[int]]:
         """Ways the reply can start with ``option``: as is, and after a space."""
@@ -240,13 +244,11 @@ class LlamaCppBackend(Backend):
                 llm._ctx.decode(llm._batch)
                 llm.input_ids[n_past:n_past + len(chunk)] = chunk
                 llm.n_tokens += len(chunk)
-                logits = np.ctypeslib.as_array(
+                logprobs = _log_softmax(np.ctypeslib.as_array(
                     ctypes.cast(llm._ctx.get_logits(), ctypes.POINTER(ctypes.c_float)),
-                    shape=(len(chunk), n_vocab)).astype(np.float64)
-                top = logits.max(axis=1, keepdims=True)
-                norm = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+                    shape=(len(chunk), n_vocab)).astype(np.float64))
                 targets = ids[start + 1:start + 1 + len(chunk)]
-                total += float((logits[np.arange(len(chunk)), targets] - norm).sum())
+                total += float(logprobs[np.arange(len(chunk)), targets].sum())
         return total, len(ids)
 
     def last_logits(self, messages: Messages):
