@@ -93,7 +93,8 @@ def test_gguf_adapter_agrees_with_torch(trained, torch_model, tmp_path):
     # The same adapter without the q/k row permutation: what a naive export writes.
     from peft import get_peft_model_state_dict
 
-    state = {k: v.float().numpy() for k, v in get_peft_model_state_dict(model).items()}
+    state = {k: v.float().numpy()
+             for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()}
     naive_path = write_gguf_lora(tmp_path / "naive.gguf", gguf_tensors(
         state, arch="no-permutation", n_head=9, n_head_kv=3), arch="llama", alpha=16)
     naive = LlamaCppBackend(embedded_model_path(), n_ctx=2048, lora_path=naive_path)

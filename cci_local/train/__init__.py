@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -151,8 +152,9 @@ def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
           config: TrainConfig | None = None, *, trainer: str = "peft",
           kinds: tuple[str, ...] = ("open",),
           max_examples: int | None = None, out_dir: Path | None = None,
-          on_step: Callable[[dict], None] | None = None) -> dict:
-    """Train (or resume, or reuse) ``community``'s adapter; return its store row."""
+          on_step: Callable[[dict], None] | None = None, force: bool = False) -> dict:
+    """Train (or resume, or reuse) ``community``'s adapter; return its store row.
+    ``force``: train again from scratch even if this run finished before."""
     config = config or TrainConfig()
     name, pairs = _pairs(db, community, kinds, max_examples, config.seed)
     resolved = resolve_base(base)
@@ -162,8 +164,13 @@ def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
         raise TrainError(f"unknown trainer {trainer!r}: use one of {', '.join(TRAINERS)}")
     key = run_key(name, ident, hashed, trainer, kinds, config)
     row = _adapter(db, "key = ?", key)
-    if row is not None and row["status"] == "done":
+    if row is not None and row["status"] == "done" and not force:
         return row | {"reused": True}
+    if row is not None and force:
+        shutil.rmtree(row["path"], ignore_errors=True)
+        with db.conn:
+            db.conn.execute("DELETE FROM training_curve WHERE adapter_id = ?", [row["id"]])
+            db.conn.execute("DELETE FROM adapters WHERE id = ?", [row["id"]])
     out = Path(out_dir) if out_dir else adapters_dir(db) / f"{name}-{key[:10]}"
     out.mkdir(parents=True, exist_ok=True)
     with db.conn:
@@ -226,7 +233,9 @@ def _adapter(db, where: str, value) -> dict | None:
 def export(model, state: dict, base: Base, config: TrainConfig, out: Path) -> dict[str, Path]:
     """The PEFT folder (PEFT trainer), the GGUF LoRA adapter and the Ollama Modelfile."""
     if model is not None:
-        model.save_pretrained(str(out / "peft"))
+        # No embedding layers are trained; "auto" would ask the Hugging Face hub whether
+        # the base has a config.json (a network call the privacy test catches).
+        model.save_pretrained(str(out / "peft"), save_embedding_layers=False)
     if base.gguf:
         meta = read_gguf_arch(base.gguf)
     else:

@@ -73,8 +73,13 @@ def from_mlx(mlx_state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def write_gguf_lora(path: str | Path, tensors: dict[str, np.ndarray], *, arch: str,
                     alpha: float, base_name: str = "") -> Path:
+    import logging
+
     import gguf
 
+    # gguf's writer logs every file at INFO; some libraries (wordllama) turn the root
+    # logger to INFO on import, which would put those lines in the middle of progress.
+    logging.getLogger("gguf").setLevel(logging.WARNING)
     path = Path(path)
     tmp = path.with_suffix(".tmp")
     writer = gguf.GGUFWriter(str(tmp), arch)

@@ -116,7 +116,7 @@ def _save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, losse
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     state = {k: v.detach().float().cpu().contiguous()
-             for k, v in get_peft_model_state_dict(model).items()}
+             for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()}
     save_file(state, str(tmp / "adapter.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "step": step, "losses": losses, "rng": torch.get_rng_state(),
@@ -200,6 +200,6 @@ def train_lora(model, examples: list[tuple[list[int], list[int]]], config: Train
         if on_step:
             on_step(point)
     state = {k: v.detach().float().cpu().numpy() for k, v in
-             get_peft_model_state_dict(model).items()}
+             get_peft_model_state_dict(model, save_embedding_layers=False).items()}
     return {"state": state, "steps": step, "final_loss": losses[-1][1] if losses else None,
             "losses": losses}
