@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,7 +20,12 @@ from rich.text import Text
 
 from . import __version__
 from .ingest import FORMATS, BadInput, CleanOptions, IngestReport, ingest
-from .store import StoreError, community_status, open_store, resolve_path
+from .store import StoreError, community_status, open_store, resolve_path, save_result
+
+# Progress is Rich's: libraries' own tqdm bars (transformers' GGUF loader has one that its
+# disable_progress_bar() does not reach) are off unless the user turns them on.  tqdm
+# reads this when it is imported, so it is set before any stage imports a library.
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 # Piped output (logs, scripts, CI) gets 120 columns instead of Rich's 80, so that
 # tables of file names stay readable; a terminal or $COLUMNS decides otherwise.
@@ -772,8 +778,11 @@ def survey_cmd(obj, communities, survey_file, base, split_by, scoring, no_person
         _fail(str(e))
     except BackendError as e:
         _fail(str(e), 1)
+    data = result.as_dict(names)
+    save_result(obj.db, "survey", names, {"base": base, "split": split_by, "scoring": scoring,
+                                          "survey": survey_file}, data)
     if as_json:
-        click.echo(json.dumps(result.as_dict(names), indent=2))
+        click.echo(json.dumps(data, indent=2))
         return
     for note in result.notes:
         out.print(f"note: {note}", style="dim", highlight=False, soft_wrap=True)
@@ -869,7 +878,6 @@ def psychometrics_cmd(obj, communities, instrument, item_bank, repeats, prefixes
     base and persona-prompted base for contrast) and score them like human
     respondents: subscales, global score and flags, with bootstrap CIs, and the
     difference between communities."""
-    from itertools import combinations
 
     from .evaluate.instruments import InstrumentError, load_instrument
     from .evaluate.psychometrics import RESAMPLES, difference, run_psychometrics
@@ -893,19 +901,15 @@ def psychometrics_cmd(obj, communities, instrument, item_bank, repeats, prefixes
     except BackendError as e:
         _fail(str(e), 1)
     scores = result.scores
-    measures = list(next(iter(scores.values())).point) if scores else []
-    kind = "aligned" if sum(r.startswith("aligned:") for r in scores) >= 2 else "persona"
-    pairs = list(combinations([r for r in scores if r.startswith(kind + ":")], 2))
+    measures = result.measures()
+    pairs = result.compared()
+    kind = pairs[0][0].split(":")[0] if pairs else "aligned"
+    data = result.as_dict()
+    save_result(obj.db, "psychometrics", names, {"instrument": inst.name, "base": base,
+                                                 "scoring": scoring, "prefixes": prefixes,
+                                                 "repeats": repeats, "seed": seed}, data)
     if as_json:
-        click.echo(json.dumps({
-            "instrument": inst.name, "notes": result.notes,
-            "respondents": {r: {"scores": {m: s.estimate(m).as_dict() for m in measures},
-                                "rules": s.rules, "rule_share": s.rule_share,
-                                "administrations": s.administrations}
-                            for r, s in scores.items()},
-            "differences": [{"a": a, "b": b, "score": m, **d.as_dict(), "p": p}
-                            for a, b in pairs for m in measures
-                            for d, p in [difference(scores[a], scores[b], m)]]}, indent=2))
+        click.echo(json.dumps(data, indent=2))
         return
     for note in result.notes:
         out.print(f"note: {note}", style="dim", highlight=False, soft_wrap=True)
@@ -1000,14 +1004,11 @@ def fidelity_cmd(obj, community, base, samples, real, max_tokens, temperature, m
         _fail(str(e))
     except BackendError as e:
         _fail(str(e), 1)
+    data = result.as_dict()
+    save_result(obj.db, "fidelity", name, {"base": base, **asdict(options),
+                                           "judges": judges.enabled}, data)
     if as_json:
-        click.echo(json.dumps({
-            "community": result.community, "run": result.run_id, "notes": result.notes,
-            "perplexity_cap": result.perplexity_cap, "dropped": result.dropped,
-            "confusion": result.confusion, "scorers": result.scorers,
-            "harmful": result.harmful,
-            "metrics": {m: {k: e.as_dict() for k, e in v.items()}
-                        for m, v in result.metrics.items()}}, indent=2))
+        click.echo(json.dumps(data, indent=2))
         return
     for note in result.notes:
         out.print(f"note: {note}", style="dim", highlight=False, soft_wrap=True)
@@ -1080,6 +1081,225 @@ def _ci(est) -> str:
     if not est.n:
         return "-"
     return f"{est.value:.3f} [{est.low:.2f}, {est.high:.2f}]"
+
+
+# --------------------------------------------------------------------------- run, report
+
+
+@cli.command(name="run")
+@click.argument("communities", nargs=-1, required=True)
+@click.option("--corpus", multiple=True, type=click.Path(exists=True), metavar="PATH",
+              help="Corpus files or folders to ingest (repeatable); else Arctic Shift dumps "
+                   "in --dumps, documents already in the store, or the Arctic Shift API.")
+@click.option("--dumps", type=click.Path(file_okay=False), metavar="DIR",
+              help="Where <name>_submissions.zst / <name>_comments.zst dumps are looked for "
+                   "and collected to (default: dumps/ beside the store, or $CCI_LOCAL_DUMPS).")
+@click.option("--offline", is_flag=True, help="Never fetch from the Arctic Shift API.")
+@click.option("--limit", type=click.IntRange(min=1), help="Read at most N records per file.")
+@click.option("--teacher", help="The teacher MODEL (default: the registry's teacher).")
+@click.option("--base", help="The base MODEL (default: the registry's base).")
+@click.option("--max-rows", type=click.IntRange(min=0),
+              help="Put at most N chunk rows to the teacher (default: all).")
+@click.option("--kind", "kinds", type=click.Choice(["open", "template"]), multiple=True,
+              help="Training pairs: open (CommInst, the default), template, or both.")
+@click.option("--steps", type=click.IntRange(min=1), help="Training steps (overrides --epochs).")
+@click.option("--epochs", type=click.FloatRange(min=0.01), help="Training epochs [default: 3].")
+@click.option("--scoring", type=click.Choice(["letter", "text"]),
+              help="Survey and psychometrics scoring [default: letter].")
+@click.option("--samples", type=click.IntRange(min=5),
+              help="Fidelity: generated answers per model [default: 50].")
+@click.option("--real", type=click.IntRange(min=10),
+              help="Fidelity: real documents compared [default: 200].")
+@click.option("--no-judges", is_flag=True, help="Fidelity without toxicity and harm.")
+@click.option("--instrument", metavar="FILE|NAME",
+              help="Also administer this psychometric instrument (edeq, weight-concerns, a file).")
+@click.option("--items", "item_bank", type=click.Path(dir_okay=False),
+              help="The instrument's item bank CSV, where it leaves item texts out.")
+@click.option("--prefixes", type=click.IntRange(min=1), metavar="N",
+              help="Psychometrics: the first N persona prefixes only.")
+@click.option("--quick", is_flag=True,
+              help="A trial run in minutes on a CPU: 4 teacher rows, 8 training steps on "
+                   "CommInst and template pairs, 10 fidelity answers per model, text scoring, "
+                   "2 persona prefixes (options given explicitly still win).")
+@click.option("--force", "force", multiple=True, type=click.Choice(["ingest", "topics", "train"]),
+              help="Redo a stage even where it is done (repeatable).")
+@click.option("--until", type=click.Choice(["data", "topics", "generate", "train", "survey",
+                                            "fidelity", "psychometrics"]),
+              help="Stop after this stage.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print what each stage did as JSON.")
+@click.pass_obj
+def run_cmd(obj, communities, corpus, dumps, offline, limit, teacher, base, max_rows, kinds,
+            steps, epochs, scoring, samples, real, no_judges, instrument, item_bank, prefixes,
+            quick, force, until, seed, as_json):
+    """Everything for COMMUNITIES in one go: find the data, ingest, topics, generate,
+    train, survey, fidelity (and psychometrics with --instrument), then write the
+    report beside the store.  What is done already is skipped: a second identical
+    run makes no model call; an interrupted one goes on where it stopped."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from .pipeline import STAGES, PipelineError, RunOptions, run_pipeline
+
+    given = {k: v for k, v in dict(
+        corpus=tuple(corpus) or None, dumps=dumps, limit=limit, teacher=teacher, base=base,
+        max_rows=max_rows, kinds=tuple(kinds) or None, steps=steps, epochs=epochs,
+        scoring=scoring, samples=samples, real=real, instrument=instrument, items=item_bank,
+        prefixes=prefixes).items() if v is not None}
+    given |= {"offline": offline, "judges": not no_judges, "seed": seed,
+              "force": frozenset(force), "until": until}
+    options = RunOptions.quick(**given) if quick else RunOptions(**given)
+    progress_bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=24),
+                            MofNCompleteColumn(), _PerMinute(), TimeElapsedColumn(),
+                            TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                            disable=not console.is_terminal)
+    shown = STAGES[:STAGES.index(until) + 1] if until else STAGES
+    overall = progress_bar.add_task("run", total=len(shown))
+    inner = progress_bar.add_task("", total=None)
+
+    def progress(kind, value):
+        if kind == "stage":
+            index, name = value
+            progress_bar.update(overall, completed=index,
+                                description=f"run {index + 1}/{len(shown)}: {name}")
+            progress_bar.reset(inner, total=None, description=f"  {name}")
+        elif kind == "total":
+            progress_bar.reset(inner, total=value)
+        elif kind == "phase":
+            progress_bar.reset(inner, description=f"  {value[0]}", total=value[1])
+        elif kind == "completed":
+            progress_bar.update(inner, completed=value)
+        else:
+            progress_bar.advance(inner, value)
+
+    def log(text):
+        console.print(text, highlight=False, markup=False, soft_wrap=True,
+                      style="dim" if text.startswith("note:") else None)
+
+    try:
+        with progress_bar:
+            report = run_pipeline(obj.db, obj.db_path, list(communities), options,
+                                  progress=progress, log=log)
+    except PipelineError as e:
+        _fail(f"{e}\nEverything done so far is kept; run the same command again after "
+              "fixing this to go on from there.", 1)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted:[/yellow] everything done so far is kept; run the "
+                      "same command again to go on from there", highlight=False)
+        sys.exit(130)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    table = Table(box=box.SIMPLE_HEAD, title=f"cci-local run {report.run_id}: "
+                  + " ".join(f"r/{c}" for c in report.communities), title_justify="left")
+    for name in ("stage", "status", "seconds", "model calls", "result"):
+        table.add_column(name, justify="right" if name in ("seconds", "model calls") else "left",
+                         overflow="fold", no_wrap=name != "result")
+    colours = {"ran": "green", "done before": "dim", "skipped": "dim"}
+    for s in report.stages:
+        table.add_row(s.stage, f"[{colours.get(s.status, 'red')}]{s.status}[/]",
+                      f"{s.seconds:,.1f}", f"{s.calls:,}", escape(s.summary))
+    out.print(table)
+    for s in report.stages:
+        for note in s.notes:
+            out.print(f"note ({s.stage}): {note}", style="dim", highlight=False, soft_wrap=True)
+    out.print(f"{report.calls:,} model calls in {report.seconds:,.1f} s; report: "
+              + ", ".join(str(p) for p in report.reports), highlight=False, soft_wrap=True)
+
+
+@cli.command(name="collect")
+@click.argument("communities", nargs=-1, required=True)
+@click.option("--dumps", type=click.Path(file_okay=False), metavar="DIR",
+              help="Where the dumps go (default: dumps/ beside the store, or $CCI_LOCAL_DUMPS).")
+@click.option("--limit", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="Items per kind at most (a larger limit later continues the same files).")
+@click.option("--since", help="Only items created at or after: 2022-01-01, epoch seconds, or an "
+              "age such as 30d, 6w, 1y.")
+@click.option("--until", help="Only items created before this time (same forms).")
+@click.option("--kind", "kinds", type=click.Choice(["submissions", "comments"]), multiple=True,
+              help="What to collect (default: both).")
+@click.option("--url", envvar="CCI_LOCAL_ARCTIC_SHIFT_URL", metavar="URL",
+              help="Another Arctic Shift server [default: https://arctic-shift.photon-reddit.com; "
+                   "$CCI_LOCAL_ARCTIC_SHIFT_URL].")
+@click.pass_obj
+def collect_cmd(obj, communities, dumps, limit, since, until, kinds, url):
+    """Fetch COMMUNITIES' public posts and comments from the Arctic Shift API into
+    <name>_submissions.zst and <name>_comments.zst in the dumps folder, the names and
+    format of Arctic Shift's per-subreddit dumps, for `ingest` or `run` to read.
+
+    Paged oldest first, at most one request a second, rate-limit headers and 429s
+    honoured, dropped connections retried; an interrupted collection resumes where
+    it stopped and never writes an item twice.  Only the subreddit's name and the
+    time range leave this machine."""
+    from .collect import DEFAULT_URL, KINDS, CollectError, collect
+    from .pipeline import dumps_folder
+
+    folder = dumps_folder(obj.db_path, dumps)
+    bar = _progress("collecting")
+    reports = []
+    try:
+        with bar:
+            task = bar.add_task("items", total=None)
+            for name in communities:
+                reports.append(collect(name, folder, kinds=tuple(kinds) or KINDS, limit=limit,
+                                       since=since, until=until, base_url=url or DEFAULT_URL,
+                                       progress=_advance(bar, task)))
+    except ValueError as e:
+        _fail(str(e))
+    except CollectError as e:
+        _fail(str(e), 1)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted:[/yellow] what arrived is kept; run the same "
+                      "command again to go on from there", highlight=False)
+        sys.exit(130)
+    table = Table(box=box.SIMPLE_HEAD, title=f"collected into {folder}", title_justify="left")
+    for name in ("community", "kind", "status", "new", "items", "pages", "retries", "file"):
+        table.add_column(name, justify="right" if name in ("new", "items", "pages", "retries")
+                         else "left", overflow="fold")
+    for rep in reports:
+        for k in rep.kinds:
+            table.add_row(f"r/{rep.subreddit}", k.kind, k.status, f"{k.added:,}",
+                          f"{k.items:,}", f"{k.pages:,}", f"{k.retries:,}", escape(str(k.file)))
+    out.print(table)
+    out.print(f"next: cci-local run {' '.join('r/' + r.subreddit for r in reports)} "
+              f"(or cci-local ingest {folder})", highlight=False, soft_wrap=True)
+
+
+@cli.command(name="report")
+@click.argument("communities", nargs=-1)
+@click.option("--format", "fmt", type=click.Choice(["md", "html", "json"]),
+              help="Default: from the file name, else html.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="The file to write (default: <store>-report.<format> beside the store).")
+@click.pass_obj
+def report_cmd(obj, communities, fmt, output):
+    """Write what the store knows about COMMUNITIES (default: all) as one document:
+    corpus, topics, example pairs, training, survey accuracy with CI bars and the
+    cross-community heatmap, fidelity tables and emotion plots, psychometric scores.
+    HTML embeds its plots; Markdown writes them to a folder beside it; JSON is the data."""
+    from .pipeline import report_paths
+    from .report import ReportError, write_report
+    from .store import UnknownCommunity, select_communities
+
+    if not obj.db_path.exists():
+        _fail(f"no store at {obj.db_path}: run `cci-local run r/NAME` first (or pass --db)")
+    if output and not fmt:
+        suffix = Path(output).suffix.lstrip(".").lower()
+        fmt = suffix if suffix in ("md", "html", "json") else None
+    fmt = fmt or "html"
+    path = Path(output) if output else report_paths(obj.db_path, (fmt,))[0]
+    try:
+        names = select_communities(obj.db, list(communities)) if communities else None
+        write_report(obj.db, path, fmt, communities=names)
+    except (ReportError, UnknownCommunity) as e:
+        _fail(str(e))
+    out.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
 
 @cli.command(name="export")

@@ -9,6 +9,7 @@ Later stages add tables by appending a migration, never by editing an old one.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sqlite3
@@ -404,13 +405,58 @@ def _v11_fidelity_judgments(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE fidelity_runs ADD COLUMN scorers TEXT")
 
 
+def _v12_stage_results(db: sqlite_utils.Database) -> None:
+    # What each evaluation printed, as JSON: the report reads these, never a model.  One
+    # row per (stage, scope); a newer result for the same scope replaces it.
+    db.execute(
+        "CREATE TABLE stage_results ("
+        " stage TEXT NOT NULL,"
+        " scope TEXT NOT NULL,"  # e.g. 'keto,nutrition' or 'keto'
+        " settings TEXT NOT NULL,"
+        " result TEXT NOT NULL,"
+        " created_at REAL NOT NULL,"
+        " PRIMARY KEY (stage, scope))"
+    )
+    # One row per `cci-local run`: the stages it ran or found done, for the report.
+    db.execute(
+        "CREATE TABLE pipeline_runs ("
+        " id INTEGER PRIMARY KEY,"
+        " communities TEXT NOT NULL,"
+        " settings TEXT NOT NULL,"
+        " stages TEXT,"
+        " model_calls INTEGER,"
+        " seconds REAL,"
+        " status TEXT NOT NULL,"
+        " created_at REAL NOT NULL)"
+    )
+
+
 # Append only.  MIGRATIONS[i] upgrades a store from version i to version i + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_documents, _v2_llm_calls, _v3_topics, _v4_instructions,
     _v5_teacher_rows, _v6_adapters, _v7_survey_answers,
     _v8_outside_surveys, _v9_instrument_answers, _v10_fidelity,
-    _v11_fidelity_judgments]
+    _v11_fidelity_judgments, _v12_stage_results]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def save_result(db: sqlite_utils.Database, stage: str, scope: list[str] | str, settings: dict,
+                result: dict) -> None:
+    """Keep what an evaluation stage found, for `cci-local report`."""
+    scope = scope if isinstance(scope, str) else ",".join(scope)
+    with db.conn:
+        db.conn.execute("INSERT OR REPLACE INTO stage_results VALUES (?, ?, ?, ?, ?)",
+                        [stage, scope, json.dumps(settings, sort_keys=True, default=str),
+                         json.dumps(result, default=str), time.time()])
+
+
+def load_results(db: sqlite_utils.Database, stage: str) -> list[dict]:
+    """The stored results of ``stage``, oldest first: dicts with scope, settings, result."""
+    return [{"scope": scope, "settings": json.loads(settings), "result": json.loads(result),
+             "created_at": at}
+            for scope, settings, result, at in db.execute(
+                "SELECT scope, settings, result, created_at FROM stage_results WHERE stage = ?"
+                " ORDER BY created_at", [stage])]
 
 
 def resolve_path(path: str | os.PathLike | None) -> Path:

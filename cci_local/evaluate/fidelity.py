@@ -25,6 +25,7 @@ import numpy as np
 import sqlite_utils
 
 from ..llm import Backend, Sampling, chat
+from ..llm.base import count_call
 from .judges import HARM_RUBRIC, Scorer
 from .metrics import Estimate, bootstrap_ci, two_sample_ci
 from .survey import PERSONA
@@ -73,6 +74,15 @@ class FidelityResult:
     harmful: list[dict] = field(default_factory=list)  # highest harm scores, with reasons
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase
 
+    def as_dict(self) -> dict:
+        """Everything the tables show, for ``--json`` and the report."""
+        return {"community": self.community, "run": self.run_id, "notes": self.notes,
+                "models": self.models, "perplexity_cap": self.perplexity_cap,
+                "dropped": self.dropped, "confusion": self.confusion, "scorers": self.scorers,
+                "harmful": self.harmful,
+                "metrics": {m: {k: e.as_dict() for k, e in v.items()}
+                            for m, v in self.metrics.items()}}
+
 
 def held_out_instructions(db: sqlite_utils.Database, community: str) -> list[tuple[int, str]]:
     """(id, question) of the community's held-out open-ended instructions: CommInst's
@@ -114,6 +124,7 @@ def perplexity(backend: Backend, question: str, text: str, words: int = 100) -> 
     """Per-token perplexity of (the first ``words`` words of) ``text`` as the answer to
     ``question``."""
     text = " ".join(text.split()[:words])
+    count_call(backend)
     logprob, n = backend.answer_logprob([{"role": "user", "content": question}], text)
     return math.exp(-logprob / max(n, 1))
 

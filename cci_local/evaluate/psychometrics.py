@@ -202,6 +202,33 @@ class PsychometricsResult:
     scores: dict[str, InstrumentScores]  # respondent ->
     notes: list[str]
 
+    def measures(self) -> list[str]:
+        return list(next(iter(self.scores.values())).point) if self.scores else []
+
+    def compared(self) -> list[tuple[str, str]]:
+        """The pairs of respondents whose difference is shown: the aligned models of
+        two or more communities, else their persona-prompted bases."""
+        from itertools import combinations
+
+        kind = "aligned" if sum(r.startswith("aligned:") for r in self.scores) >= 2 \
+            else "persona"
+        return list(combinations([r for r in self.scores if r.startswith(kind + ":")], 2))
+
+    def as_dict(self) -> dict:
+        """Everything the tables show, for ``--json`` and the report."""
+        measures = self.measures()
+        return {
+            "instrument": self.instrument.name, "notes": self.notes,
+            "prefixes": len(self.instrument.personas),
+            "rules": [r.name for r in self.instrument.rules],
+            "respondents": {r: {"scores": {m: s.estimate(m).as_dict() for m in measures},
+                                "rules": s.rules, "rule_share": s.rule_share,
+                                "administrations": s.administrations}
+                            for r, s in self.scores.items()},
+            "differences": [{"a": a, "b": b, "score": m, **d.as_dict(), "p": p}
+                            for a, b in self.compared() for m in measures
+                            for d, p in [difference(self.scores[a], self.scores[b], m)]]}
+
 
 def run_psychometrics(db: sqlite_utils.Database, communities: list[str], inst: Instrument,
                       base: str = "embedded", *, persona: bool = True, include_base: bool = True,

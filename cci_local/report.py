@@ -1,0 +1,548 @@
+"""`cci-local report`: what the store knows, as one document to send to a colleague.
+
+The report reads the store only: corpus counts, the topic run, example pairs,
+training, and the figures each evaluation kept (``stage_results``); it never calls
+a model.  One list of blocks (headings, paragraphs, tables, figures) is rendered
+three ways: HTML with its plots embedded (the self-contained one), Markdown with
+its plots in a ``<name>_files/`` folder beside it, and JSON with the data only.
+Plots are drawn with matplotlib's Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlite_utils
+
+from . import __version__
+from .store import community_status, load_results
+
+FORMATS = ("md", "html", "json")
+FIDELITY_COLUMNS = [("identifiability_f1", "identifiability F1 (higher)"),
+                    ("frechet", "Frechet distance (lower)"),
+                    ("auc", "real-vs-generated AUC (0.5 best)"),
+                    ("emotion_jsd", "emotion JSD (lower)"),
+                    ("sentiment_jsd", "sentiment JSD (lower)"),
+                    ("toxicity", "toxicity (lower)"), ("harm", "harm (lower)")]
+
+
+class ReportError(Exception):
+    """Nothing to report, or a format we do not write."""
+
+
+@dataclass
+class Doc:
+    """The report as blocks: ('h', level, text), ('p', text), ('table', caption,
+    header, rows), ('figure', name, png bytes, caption)."""
+    title: str
+    blocks: list[tuple] = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+
+    def h(self, level: int, text: str) -> None:
+        self.blocks.append(("h", level, text))
+
+    def p(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def table(self, caption: str, header: list[str], rows: list[list]) -> None:
+        if rows:
+            self.blocks.append(("table", caption, header, [[_cell(c) for c in r] for r in rows]))
+
+    def figure(self, name: str, png: bytes | None, caption: str) -> None:
+        if png:
+            self.blocks.append(("figure", name, png, caption))
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _ci(est: dict | None) -> str:
+    if not est or not est.get("n"):
+        return "-"
+    return f"{est['value']:.3f} [{est['low']:.2f}, {est['high']:.2f}]"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _scope_matches(scope: str, names: list[str] | None) -> bool:
+    return names is None or bool(set(scope.split(",")) & set(names))
+
+
+def _latest(db, stage: str, names: list[str] | None) -> list[dict]:
+    """The newest result per scope of ``stage`` touching ``names``, newest last."""
+    rows = {r["scope"]: r for r in load_results(db, stage) if _scope_matches(r["scope"], names)}
+    return sorted(rows.values(), key=lambda r: r["created_at"])
+
+
+def build_report(db: sqlite_utils.Database, communities: list[str] | None = None,
+                 plots: bool = True) -> Doc:
+    """Gather everything the store holds about ``communities`` (default: all)."""
+    status = [r for r in community_status(db)
+              if communities is None or r["community"] in communities]
+    if not status:
+        raise ReportError("the store has no documents" + (
+            f" of {', '.join('r/' + c for c in communities)}" if communities else "")
+            + ": run `cci-local run r/NAME` (or `cci-local ingest PATH`) first")
+    names = [r["community"] for r in status]
+    doc = Doc("cci-local report: " + ", ".join(f"r/{n}" for n in names))
+    doc.data = {"generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                "cci_local": __version__, "communities": names}
+    doc.p(f"Written by cci-local {__version__} on {doc.data['generated']} from the store; "
+          "every figure below comes from what the store holds (no model was called to "
+          "write this report). Intervals are 95% bootstrap intervals.")
+    _corpus(doc, status)
+    _topics(doc, db, names)
+    _examples(doc, db, names)
+    _training(doc, db, names, plots)
+    _survey(doc, db, names, plots)
+    _fidelity(doc, db, names, plots)
+    _psychometrics(doc, db, names, plots)
+    return doc
+
+
+def _corpus(doc: Doc, status: list[dict]) -> None:
+    from datetime import datetime, timezone
+
+    def day(utc):
+        return datetime.fromtimestamp(utc, timezone.utc).strftime("%Y-%m-%d") if utc else "-"
+
+    doc.h(2, "Corpus")
+    doc.table("Documents per community (authors are pseudonymised in the store)",
+              ["community", "documents", "posts", "comments", "authors", "from", "to"],
+              [[f"r/{r['community']}", r["documents"], r["submissions"], r["comments"],
+                r["authors"], day(r["first_utc"]), day(r["last_utc"])] for r in status])
+    doc.data["corpus"] = status
+
+
+def _topics(doc: Doc, db, names: list[str]) -> None:
+    from .topics import load_summary
+
+    run = db.execute("SELECT max(id) FROM topic_runs").fetchone()[0]
+    doc.h(2, "Topics")
+    doc.data["topics"] = None
+    if run is None:
+        doc.p("No topics fitted yet (`cci-local topics`).")
+        return
+    s = load_summary(db, run)
+    shown = [n for n in names if s.topics and n in s.topics[0]["communities"]]
+    rows = []
+    for t in s.topics:
+        total = sum(t["communities"].values()) or 1
+        rows.append([t["topic"], ", ".join(t["keywords"][:8]), t["size"],
+                     *[f"{100 * t['communities'][n] / total:.0f}%" for n in shown],
+                     t["chunk_rows"]])
+    sil = (f"; silhouette {s.silhouette:.2f} (shuffled topics {s.silhouette_shuffled:.2f})"
+           if s.silhouette is not None else "")
+    doc.p(f"Topic run {run}: {len(s.topics)} topics over {s.n_documents:,} documents, "
+          f"{s.n_outliers:,} outliers{sil}.")
+    doc.table("Topics, their keywords and each community's share of their documents",
+              ["topic", "keywords", "size", *[f"r/{n}" for n in shown], "chunk rows"], rows)
+    doc.data["topics"] = {"run": run, "n_documents": s.n_documents, "outliers": s.n_outliers,
+                          "silhouette": s.silhouette, "topics": s.topics}
+
+
+def _examples(doc: Doc, db, names: list[str]) -> None:
+    doc.h(2, "Example instruction pairs")
+    doc.p("Open-ended questions (CommInst: the teacher's question, each community's answer) "
+          "and multiple-choice survey questions (CommSurvey) from the store; template pairs "
+          "where the teacher made none.")
+    data = {}
+    for name in names:
+        rows = db.execute(
+            "SELECT i.kind, i.question, i.options, a.answer FROM instructions i JOIN"
+            " community_answers a ON a.instruction_id = i.id WHERE a.community = ?"
+            " AND i.kind = ? ORDER BY i.id LIMIT 3", [name, "open"]).fetchall() or \
+            db.execute(
+            "SELECT i.kind, i.question, i.options, a.answer FROM instructions i JOIN"
+            " community_answers a ON a.instruction_id = i.id WHERE a.community = ?"
+            " AND i.kind = 'template' ORDER BY i.id LIMIT 2", [name]).fetchall()
+        choice = db.execute(
+            "SELECT i.kind, i.question, i.options, a.answer FROM instructions i JOIN"
+            " community_answers a ON a.instruction_id = i.id WHERE a.community = ?"
+            " AND i.kind = 'choice' ORDER BY i.id LIMIT 2", [name]).fetchall()
+        pairs = []
+        for kind, question, options, answer in rows + choice:
+            if options:
+                opts = json.loads(options)
+                question += " " + " ".join(f"{k}) {v}" for k, v in opts.items())
+            pairs.append({"kind": kind, "question": question, "answer": _clip(answer, 60)})
+        data[name] = pairs
+        doc.table(f"r/{name}", ["kind", "question", f"r/{name}'s answer"],
+                  [[p["kind"], _clip(p["question"], 60), p["answer"]] for p in pairs])
+    doc.data["examples"] = data
+
+
+def _clip(text: str, words: int) -> str:
+    parts = " ".join(str(text).split()).split(" ")
+    return " ".join(parts[:words]) + (" ..." if len(parts) > words else "")
+
+
+def _training(doc: Doc, db, names: list[str], plots: bool) -> None:
+    marks = ",".join("?" * len(names))
+    rows = db.execute(
+        "SELECT id, community, base, trainer, examples, steps, total_steps, final_loss, gguf,"
+        f" status FROM adapters WHERE community IN ({marks}) ORDER BY community, id",
+        names).fetchall()
+    doc.h(2, "Training")
+    doc.data["training"] = []
+    if not rows:
+        doc.p("No adapter trained yet (`cci-local train r/NAME`).")
+        return
+    doc.table("LoRA adapters (GGUF, loadable by llama.cpp and Ollama)",
+              ["community", "base", "trainer", "examples", "steps", "final loss", "status",
+               "adapter"],
+              [[f"r/{c}", b, t, e, f"{s or 0}/{ts or '?'}", loss, st, g or "-"]
+               for _, c, b, t, e, s, ts, loss, g, st in rows])
+    curves = {f"r/{c} #{i}": db.execute("SELECT step, loss FROM training_curve WHERE"
+                                         " adapter_id = ? ORDER BY step", [i]).fetchall()
+              for i, c, *_ in rows}
+    if plots:
+        doc.figure("training-loss", _plot_curves(curves), "Training loss per optimizer step")
+    fields = ("id", "community", "base", "trainer", "examples", "steps", "total_steps",
+              "final_loss", "gguf", "status")
+    doc.data["training"] = [dict(zip(fields, r, strict=True)) for r in rows]
+
+
+def _survey(doc: Doc, db, names: list[str], plots: bool) -> None:
+    results = _latest(db, "survey", names)
+    doc.data["survey"] = []
+    doc.h(2, "Survey")
+    if not results:
+        doc.p("No survey administered yet (`cci-local survey`).")
+        return
+    data = []
+    for r in results:
+        res = r["result"]
+        data.append(res)
+        doc.p(f"{res['source']}, {res['scoring']} scoring, {res['items']} questions"
+              f" (base model {r['settings'].get('base')}).")
+        for note in res.get("notes", []):
+            doc.p(f"Note: {note}")
+        rows = []
+        for c, v in res["communities"].items():
+            for respondent, cells in v["respondents"].items():
+                rows.append([f"r/{c}", respondent, _ci(cells["accuracy"]),
+                             _ci(cells["discriminating"]), _ci(cells["representativeness"])])
+            rows.append([f"r/{c}", "majority letter", _ci(v["majority_letter"]), "", ""])
+            rows.append([f"r/{c}", "random", f"{v['random']:.3f}", "", ""])
+        doc.table("Accuracy against each community's answer key",
+                  ["answer key", "respondent", "accuracy", "discriminating only",
+                   "representativeness"], rows)
+        if plots:
+            doc.figure("survey-accuracy", _plot_survey(res),
+                       "Survey accuracy with 95% CI; dashed: majority-letter baseline, dotted: "
+                       "random")
+        for kind, matrix in res.get("matrix", {}).items():
+            keys = sorted({c for row in matrix.values() for c in row})
+            doc.table(f"Cross-community matrix ({kind}): rows answer, columns are answer keys",
+                      ["model", *[f"key r/{c}" for c in keys]],
+                      [[m, *[_ci(row.get(c)) for c in keys]] for m, row in matrix.items()])
+            if plots:
+                doc.figure(f"survey-matrix-{kind}", _plot_heatmap(matrix, keys),
+                           f"Cross-community accuracy ({kind} models)")
+    doc.data["survey"] = data
+
+
+def _fidelity(doc: Doc, db, names: list[str], plots: bool) -> None:
+    results = _latest(db, "fidelity", names)
+    doc.data["fidelity"] = []
+    doc.h(2, "Fidelity")
+    if not results:
+        doc.p("No fidelity evaluation yet (`cci-local fidelity r/NAME`).")
+        return
+    data = []
+    for r in results:
+        res = r["result"]
+        data.append(res)
+        c = res["community"]
+        doc.h(3, f"r/{c}")
+        for note in res.get("notes", []):
+            doc.p(f"Note: {note}")
+        shown = [(k, t) for k, t in FIDELITY_COLUMNS
+                 if any(k in m for m in res["metrics"].values())]
+        doc.table(f"Fidelity to r/{c}'s real documents "
+                  f"({r['settings'].get('samples')} answers per model)",
+                  ["texts", *[t for _, t in shown]],
+                  [[m, *[_ci(v.get(k)) for k, _ in shown]] for m, v in res["metrics"].items()])
+        for criterion, scorer in res.get("scorers", {}).items():
+            doc.p(f"{criterion} scored by {scorer}.")
+        if plots:
+            emotions = _emotions(db, res, r["settings"])
+            doc.figure(f"emotions-{c}", _plot_emotions(emotions),
+                       f"Emotion profile (NRC lexicon) of r/{c}'s real documents and of each "
+                       "model's kept texts")
+    doc.data["fidelity"] = data
+
+
+def _emotions(db, res: dict, settings: dict) -> dict[str, list[float]]:
+    import random
+
+    from .evaluate.emotion import emotion_distribution
+
+    out = {}
+    real = [t for (t,) in db.execute("SELECT text FROM documents WHERE community = ?",
+                                      [res["community"]])]
+    random.Random(settings.get("seed", 0)).shuffle(real)
+    out[f"r/{res['community']} (real)"] = emotion_distribution(
+        real[:settings.get("real", 200)]).tolist()
+    for model in res.get("models", []):
+        texts = [t for (t,) in db.execute(
+            "SELECT text FROM fidelity_texts WHERE run_id = ? AND model = ? AND kept = 1",
+            [res["run"], model])]
+        if texts:
+            out[model] = emotion_distribution(texts).tolist()
+    return out
+
+
+def _psychometrics(doc: Doc, db, names: list[str], plots: bool) -> None:
+    results = _latest(db, "psychometrics", names)
+    doc.data["psychometrics"] = []
+    doc.h(2, "Psychometrics")
+    if not results:
+        doc.p("No instrument administered yet (`cci-local psychometrics ... --instrument`).")
+        return
+    data = []
+    for r in results:
+        res = r["result"]
+        data.append(res)
+        respondents = res["respondents"]
+        measures = list(next(iter(respondents.values()))["scores"]) if respondents else []
+        doc.h(3, res["instrument"])
+        for note in res.get("notes", []):
+            doc.p(f"Note: {note}")
+        doc.table(f"Scored like a human respondent ({res.get('prefixes')} persona prefixes)",
+                  ["respondent", *measures, *res.get("rules", [])],
+                  [[who, *[_ci(v["scores"][m]) for m in measures],
+                    *[f"{'yes' if v['rules'][x] else 'no'} ({v['rule_share'][x]:.2f})"
+                      for x in res.get("rules", [])]] for who, v in respondents.items()])
+        doc.table("Differences between communities (a - b)",
+                  ["a", "b", "score", "difference", "p"],
+                  [[d["a"], d["b"], d["score"], _ci(d), f"{d['p']:.3f}"]
+                   for d in res.get("differences", [])])
+        if plots:
+            doc.figure(f"psychometrics-{len(data)}", _plot_scores(respondents, measures),
+                       f"{res['instrument']}: scores with 95% CI")
+    doc.data["psychometrics"] = data
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def _errors(cells: list[dict | None]):
+    values = [c["value"] if c else 0.0 for c in cells]
+    low = [max(0.0, c["value"] - c["low"]) if c else 0.0 for c in cells]
+    high = [max(0.0, c["high"] - c["value"]) if c else 0.0 for c in cells]
+    return values, [low, high]
+
+
+def _plot_curves(curves: dict[str, list]) -> bytes | None:
+    curves = {k: v for k, v in curves.items() if v}
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for label, points in curves.items():
+        ax.plot([s for s, _ in points], [loss for _, loss in points], marker=".", label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _plot_survey(res: dict) -> bytes | None:
+    import numpy as np
+
+    groups = [(c, v) for c, v in res["communities"].items() if v["respondents"]]
+    if not groups:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups) + 1, 3.2), squeeze=False)
+    for ax, (c, v) in zip(axes[0], groups, strict=True):
+        labels = list(v["respondents"])
+        values, err = _errors([v["respondents"][r]["accuracy"] for r in labels])
+        ax.bar(np.arange(len(labels)), values, yerr=err, capsize=4, color="#4c72b0")
+        if v["majority_letter"]:
+            ax.axhline(v["majority_letter"]["value"], color="k", linestyle="--", linewidth=1)
+        ax.axhline(v["random"], color="grey", linestyle=":", linewidth=1)
+        ax.set_xticks(np.arange(len(labels)), [lb.split(":")[0] for lb in labels])
+        ax.set_ylim(0, 1)
+        ax.set_title(f"key r/{c}", fontsize=10)
+    axes[0][0].set_ylabel("accuracy")
+    return _png(fig)
+
+
+def _plot_heatmap(matrix: dict, keys: list[str]) -> bytes | None:
+    import numpy as np
+
+    if not matrix:
+        return None
+    plt = _pyplot()
+    rows = list(matrix)
+    values = np.array([[(matrix[r].get(c) or {}).get("value", np.nan) for c in keys]
+                       for r in rows], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.6 * len(keys) + 2, 0.6 * len(rows) + 1.2))
+    image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis")
+    for i in range(len(rows)):
+        for j in range(len(keys)):
+            if not np.isnan(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center",
+                        color="white" if values[i, j] < 0.6 else "black")
+    ax.set_xticks(range(len(keys)), [f"key r/{c}" for c in keys])
+    ax.set_yticks(range(len(rows)), rows)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    return _png(fig)
+
+
+def _plot_emotions(dists: dict[str, list[float]]) -> bytes | None:
+    import numpy as np
+
+    from .evaluate.emotion import EMOTIONS
+
+    if len(dists) < 2:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3))
+    width = 0.8 / len(dists)
+    x = np.arange(len(EMOTIONS))
+    for i, (label, values) in enumerate(dists.items()):
+        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=label)
+    ax.set_xticks(x, EMOTIONS, rotation=30, fontsize=8)
+    ax.set_ylabel("share of emotion words")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _png(fig)
+
+
+def _plot_scores(respondents: dict, measures: list[str]) -> bytes | None:
+    import numpy as np
+
+    if not respondents or not measures:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(measures) * len(respondents) / 2), 3))
+    width = 0.8 / len(respondents)
+    x = np.arange(len(measures))
+    for i, (who, v) in enumerate(respondents.items()):
+        values, err = _errors([v["scores"][m] for m in measures])
+        ax.bar(x + i * width - 0.4 + width / 2, values, width, yerr=err, capsize=3, label=who)
+    ax.set_xticks(x, measures, fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render_markdown(doc: Doc, figures_dir: Path) -> str:
+    lines = [f"# {doc.title}", ""]
+    for block in doc.blocks:
+        kind = block[0]
+        if kind == "h":
+            lines += ["#" * block[1] + " " + block[2], ""]
+        elif kind == "p":
+            lines += [block[1], ""]
+        elif kind == "table":
+            _, caption, header, rows = block
+            lines += [f"*{caption}*", "", "| " + " | ".join(_md(h) for h in header) + " |",
+                      "|" + "|".join("---" for _ in header) + "|"]
+            lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+            lines.append("")
+        elif kind == "figure":
+            _, name, png, caption = block
+            figures_dir.mkdir(parents=True, exist_ok=True)
+            (figures_dir / f"{name}.png").write_bytes(png)
+            lines += [f"![{caption}]({figures_dir.name}/{name}.png)", "", f"*{caption}*", ""]
+    return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;
+margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:.4em 0 1.4em;font-size:.9em}
+th,td{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f4f4f4}caption{caption-side:top;text-align:left;font-style:italic;
+padding:.3em 0}figure{margin:1em 0}figcaption{font-style:italic;font-size:.9em}
+img{max-width:100%}h2{border-bottom:2px solid #4c72b0;padding-bottom:.2em;margin-top:1.8em}"""
+
+
+def render_html(doc: Doc) -> str:
+    esc = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{esc(doc.title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>{esc(doc.title)}</h1>"]
+    for block in doc.blocks:
+        kind = block[0]
+        if kind == "h":
+            level = min(6, block[1])
+            parts.append(f"<h{level}>{esc(block[2])}</h{level}>")
+        elif kind == "p":
+            parts.append(f"<p>{esc(block[1])}</p>")
+        elif kind == "table":
+            _, caption, header, rows = block
+            parts.append(f"<table><caption>{esc(caption)}</caption><thead><tr>"
+                         + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>")
+            parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
+                      for row in rows]
+            parts.append("</tbody></table>")
+        elif kind == "figure":
+            _, name, png, caption = block
+            data = base64.b64encode(png).decode()
+            parts.append(f'<figure id="{esc(name)}"><img alt="{esc(caption)}" '
+                         f'src="data:image/png;base64,{data}"><figcaption>{esc(caption)}'
+                         "</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(db: sqlite_utils.Database, path: str | Path, fmt: str | None = None, *,
+                 communities: list[str] | None = None) -> Path:
+    """Write the report of ``communities`` (default: all) to ``path`` as md, html or
+    json (default: from the file's suffix).  Returns the path."""
+    path = Path(path)
+    fmt = fmt or path.suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise ReportError(f"{path}: cannot tell the format; use --format {'|'.join(FORMATS)}")
+    doc = build_report(db, communities, plots=fmt != "json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "json":
+        text = json.dumps({"title": doc.title, **doc.data}, indent=2, default=str)
+    elif fmt == "html":
+        text = render_html(doc)
+    else:
+        text = render_markdown(doc, path.with_name(f"{path.stem}_files"))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
