@@ -161,19 +161,16 @@ def _examples(doc: Doc, db, names: list[str]) -> None:
           "and multiple-choice survey questions (CommSurvey) from the store; template pairs "
           "where the teacher made none.")
     data = {}
+
+    def pairs_of(name: str, kind: str, limit: int) -> list[tuple]:
+        return db.execute(
+            "SELECT i.kind, i.question, i.options, a.answer FROM instructions i JOIN"
+            " community_answers a ON a.instruction_id = i.id WHERE a.community = ?"
+            " AND i.kind = ? ORDER BY i.id LIMIT ?", [name, kind, limit]).fetchall()
+
     for name in names:
-        rows = db.execute(
-            "SELECT i.kind, i.question, i.options, a.answer FROM instructions i JOIN"
-            " community_answers a ON a.instruction_id = i.id WHERE a.community = ?"
-            " AND i.kind = ? ORDER BY i.id LIMIT 3", [name, "open"]).fetchall() or \
-            db.execute(
-            "SELECT i.kind, i.question, i.options, a.answer FROM instructions i JOIN"
-            " community_answers a ON a.instruction_id = i.id WHERE a.community = ?"
-            " AND i.kind = 'template' ORDER BY i.id LIMIT 2", [name]).fetchall()
-        choice = db.execute(
-            "SELECT i.kind, i.question, i.options, a.answer FROM instructions i JOIN"
-            " community_answers a ON a.instruction_id = i.id WHERE a.community = ?"
-            " AND i.kind = 'choice' ORDER BY i.id LIMIT 2", [name]).fetchall()
+        rows = pairs_of(name, "open", 3) or pairs_of(name, "template", 2)
+        choice = pairs_of(name, "choice", 2)
         pairs = []
         for kind, question, options, answer in rows + choice:
             if options:
