@@ -107,7 +107,10 @@ def test_gguf_adapter_agrees_with_torch(trained, torch_model, tmp_path):
         cpp_adapted = adapted.last_logits(messages)
         right.append(np.corrcoef(cpp_adapted - base_logits, torch_delta)[0, 1])
         wrong.append(np.corrcoef(naive.last_logits(messages) - base_logits, torch_delta)[0, 1])
-        assert np.argmax(cpp_adapted) == np.argmax(torch_adapted)
+        # The same top token, up to a near-tie: llama.cpp runs the Q4_1 base, torch the
+        # dequantized weights, so logits differ by ~0.1-0.2 and two tokens within that
+        # can swap places (seen once in CI: logits 22.18 vs 22.37 at the top).
+        assert cpp_adapted[np.argmax(torch_adapted)] >= cpp_adapted.max() - 0.5
     print(f"logit-delta Pearson, permuted: {np.round(right, 4)}; unpermuted: {np.round(wrong, 4)}")
     assert min(right) >= 0.98
     assert np.mean(wrong) < np.mean(right)
