@@ -431,12 +431,37 @@ def _v12_stage_results(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v13_asked(db: sqlite_utils.Database) -> None:
+    # Questions put with `ask` (open or multiple-choice) and `chat` turns: who answered
+    # (respondent, model spec, adapter), with what sampling, and what it said.  The
+    # model's call itself is in llm_calls (call_id); asking again adds no row.
+    db.execute(
+        "CREATE TABLE asked ("
+        " id INTEGER PRIMARY KEY,"
+        " kind TEXT NOT NULL CHECK (kind IN ('open', 'choice', 'chat')),"
+        " session INTEGER,"  # chat: the conversation
+        " turn INTEGER,"  # chat: the turn within it
+        " question TEXT NOT NULL,"
+        " options TEXT,"  # choice: JSON {letter: option}
+        " respondent TEXT NOT NULL,"
+        " model TEXT NOT NULL,"
+        " adapter TEXT,"
+        " sampling TEXT NOT NULL,"
+        " text TEXT,"
+        " distribution TEXT,"  # choice: JSON {letter: probability}
+        " call_id INTEGER,"
+        " created_at REAL NOT NULL)"
+    )
+    db.execute("CREATE UNIQUE INDEX idx_asked_once ON asked (kind, question, coalesce(options,"
+               " ''), respondent, model, sampling, coalesce(session, 0), coalesce(turn, 0))")
+
+
 # Append only.  MIGRATIONS[i] upgrades a store from version i to version i + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_documents, _v2_llm_calls, _v3_topics, _v4_instructions,
     _v5_teacher_rows, _v6_adapters, _v7_survey_answers,
     _v8_outside_surveys, _v9_instrument_answers, _v10_fidelity,
-    _v11_fidelity_judgments, _v12_stage_results]
+    _v11_fidelity_judgments, _v12_stage_results, _v13_asked]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -195,3 +195,130 @@ def test_psychometrics_on_two_aligned_communities(aligned_store):
                                              "Weight Concern")]
         assert scores["global"]["value"] == pytest.approx(sum(subs) / 4)
     assert len(data["differences"]) == 5 and all(0 <= d["p"] <= 1 for d in data["differences"])
+
+
+@pytest.mark.slow
+def test_ask_puts_a_question_to_each_aligned_model(aligned_store):
+    """`cci-local ask` on the adapters trained above: the aligned answer differs from
+    the base's and has moved toward the community's training answer (its
+    log-likelihood is higher under the adapter); asking again makes no model call."""
+    from cci_local.llm import get_backend
+
+    question, texts = SURVEY[0]
+    args = ("ask", question, "r/keto", "r/nutrition", "--with-base", "--temperature", "0",
+            "--max-tokens", "24")
+    first = json.loads(cci(*args, "--json", db=aligned_store).stdout)
+    answers = {label: texts[0] for label, texts in first["answers"].items()}
+    print(answers)
+    assert set(answers) == {"aligned:keto", "aligned:nutrition", "base"}
+    assert first["model_calls"] == 3
+    db = open_store(aligned_store)
+    keys = {c: db.execute("SELECT answer FROM community_answers a JOIN instructions i ON"
+                          " i.id = a.instruction_id WHERE i.question = ? AND a.community = ?"
+                          " AND i.kind = 'choice'", [question, c]).fetchone()[0]
+            for c in COMMUNITIES}
+    messages = [{"role": "user", "content": question}]
+    base = get_backend("embedded")
+    for c in COMMUNITIES:
+        assert answers[f"aligned:{c}"] != answers["base"]
+        trained = f"{dict(zip('ABCD', texts, strict=True))[keys[c]]}. {REASONS[0]}"
+        model = aligned_backend(db, c, "embedded")
+        adapted, _ = model.answer_logprob(messages, trained)
+        plain, _ = base.answer_logprob(messages, trained)
+        model.close()
+        print(f"r/{c}: log-likelihood of {trained!r}: aligned {adapted:.1f}, base {plain:.1f}")
+        assert adapted > plain + 5
+    base.close()
+    rows = db.execute("SELECT count(*) FROM asked WHERE kind = 'open'").fetchone()[0]
+    calls = db.execute("SELECT count(*) FROM llm_calls").fetchone()[0]
+    again = cci(*args, db=aligned_store)
+    assert "0 model calls" in again.stderr
+    for label in answers:
+        assert label in again.stdout
+    assert db.execute("SELECT count(*) FROM llm_calls").fetchone()[0] == calls
+    assert db.execute("SELECT count(*) FROM asked WHERE kind = 'open'").fetchone()[0] == rows == 3
+    stored = db.execute("SELECT respondent, model, adapter, sampling, text FROM asked"
+                        " WHERE respondent = 'aligned:keto'").fetchone()
+    assert stored[1] == "embedded+adapter:keto" and stored[2].endswith(".gguf")
+    assert json.loads(stored[3])["temperature"] == 0 and stored[4] == answers["aligned:keto"]
+
+
+@pytest.mark.slow
+def test_ask_multiple_choice_equals_the_survey_stage(aligned_store):
+    """--options: each model's distribution sums to 1 and is what the survey stage
+    computes for the same question and model; the communities' distance is shown."""
+    from cci_local.evaluate.survey import ask, question_messages
+
+    question, texts = SURVEY[2]
+    args = ("ask", question, "r/keto", "r/nutrition", "--options", ";".join(texts))
+    data = json.loads(cci(*args, "--json", db=aligned_store).stdout)
+    db = open_store(aligned_store)
+    options = dict(zip("ABCD", texts, strict=True))
+    for c in COMMUNITIES:
+        dist = data["distributions"][f"aligned:{c}"]
+        assert sum(dist.values()) == pytest.approx(1.0)
+        model = aligned_backend(db, c, "embedded")
+        survey = ask(db, model, question_messages(question, options), options, scoring="text")
+        model.close()
+        assert dist == pytest.approx(survey.distribution, abs=1e-12)
+    (pair,) = data["agreement"]
+    assert 0 <= pair["representativeness"] <= 1
+    shown = cci(*args, db=aligned_store)
+    print(shown.stdout)
+    assert "aligned:keto (logprobs)" in shown.stdout and "Cheese and nuts" in shown.stdout
+    assert "aligned:keto vs aligned:nutrition: representativeness" in shown.stdout
+    assert "0 model calls" in shown.stderr
+
+
+@pytest.mark.slow
+def test_chat_in_a_terminal_then_through_a_pipe(aligned_store):
+    """`cci-local chat` in a real pseudo-terminal: two turns, /switch, /base, /quit;
+    then the same conversation piped in: replies identical, read from the cache."""
+    import os
+    import sys
+
+    import pexpect
+
+    args = ["-m", "cci_local", "--db", str(aligned_store), "chat", "r/keto", "--max-tokens",
+            "24", "--temperature", "0"]
+    turns = ["What do you usually eat for breakfast?", "And what do you drink?",
+             "/switch r/nutrition", "What dinner do you make most?"]
+    child = pexpect.spawn(sys.executable, args, encoding="utf-8", timeout=180,
+                          env={**os.environ, "COLUMNS": "120"})
+    child.expect("talking to r/keto's model")
+    replies = []
+    child.expect_exact("you> ")
+    for line, speaker in zip(turns, ["r/keto> ", "r/keto> ", None, "r/nutrition> "],
+                             strict=True):
+        child.sendline(line)
+        if speaker is None:
+            child.expect("now talking to r/nutrition's model")
+        else:
+            child.expect_exact(speaker)
+        child.expect_exact("you> ")
+        if speaker:
+            replies.append(child.before.replace("\r\n", "\n").strip())
+    child.sendline("/base")
+    child.expect_exact("base> ")
+    child.expect_exact("you> ")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    print(replies)
+    assert all(replies)
+    db = open_store(aligned_store)
+    rows = db.execute("SELECT session, turn, respondent, question, text FROM asked"
+                      " WHERE kind = 'chat' ORDER BY session, turn").fetchall()
+    assert [r[2] for r in rows] == ["aligned:keto", "aligned:keto", "aligned:nutrition", "base"]
+    assert {r[0] for r in rows} == {1} and [r[1] for r in rows] == [1, 2, 3, 4]
+    assert [r[4].strip() for r in rows[:3]] == replies
+    assert rows[3][3] == turns[3]  # /base answered the last message
+
+    calls = db.execute("SELECT count(*) FROM llm_calls").fetchone()[0]
+    piped = cci(*args[4:], db=aligned_store, input="\n".join(turns) + "\n")
+    for reply in replies:
+        assert reply in piped.stdout
+    assert "r/nutrition> " in piped.stdout and "3 turns kept" in piped.stderr
+    assert db.execute("SELECT count(*) FROM llm_calls").fetchone()[0] == calls
+    assert db.execute("SELECT count(*) FROM asked WHERE session = 2").fetchone()[0] == 3

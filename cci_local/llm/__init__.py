@@ -11,11 +11,19 @@ Backends: ``llama_cpp`` (embedded, gguf:PATH; in-process), ``ollama``
 """
 
 from .base import USAGE, Backend, BackendError, Completion, NoLogprobs, Sampling
-from .cache import InvalidOutput, Reply, Request, chat, chat_many, option_logprobs
+from .cache import (
+    InvalidOutput,
+    Reply,
+    Request,
+    chat,
+    chat_many,
+    chat_stream,
+    option_logprobs,
+)
 from .registry import UnknownModel, get_backend, load_registry
 
 __all__ = [
     "USAGE", "Backend", "BackendError", "Completion", "InvalidOutput", "NoLogprobs", "Reply",
-    "Request", "Sampling", "UnknownModel", "chat", "chat_many", "get_backend", "load_registry",
-    "option_logprobs",
+    "Request", "Sampling", "UnknownModel", "chat", "chat_many", "chat_stream", "get_backend",
+    "load_registry", "option_logprobs",
 ]

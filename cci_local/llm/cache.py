@@ -13,7 +13,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +183,31 @@ def chat(db: sqlite_utils.Database, backend: Backend, messages: Messages, *,
         raise bad
     outcome, seconds = _timed(backend, request)
     return _finish(db, backend, ident, key, request, outcome, seconds)
+
+
+def chat_stream(db: sqlite_utils.Database, backend: Backend, messages: Messages, *,
+                sampling: Sampling = Sampling(), use_cache: bool = True,
+                on_piece: Callable[[str], None] | None = None) -> Reply:
+    """``chat`` whose reply is handed to ``on_piece`` as it is generated (token by token
+    where the backend streams); a cached reply is handed over whole.  The finished
+    reply is recorded under the same key as ``chat``'s, so either reads the other's."""
+    request = Request(messages, None, sampling)
+    ident = identity(db, backend)
+    key = _key(ident, "chat", _payload(request))
+    if use_cache and (hit := _lookup(db, key)):
+        if on_piece:
+            on_piece(hit[1])
+        return Reply(hit[1], None, cached=True, call_id=hit[0])
+    start, pieces = time.monotonic(), []
+    try:
+        for piece in backend.stream(messages, sampling=sampling):
+            pieces.append(piece)
+            if on_piece:
+                on_piece(piece)
+    except BackendError as e:
+        return _finish(db, backend, ident, key, request, e, time.monotonic() - start)
+    return _finish(db, backend, ident, key, request, Completion("".join(pieces)),
+                   time.monotonic() - start)
 
 
 def chat_many(db: sqlite_utils.Database, backend: Backend, requests: list[Request], *,
