@@ -1136,15 +1136,6 @@ def run_cmd(obj, communities, corpus, dumps, offline, limit, teacher, base, max_
     train, survey, fidelity (and psychometrics with --instrument), then write the
     report beside the store.  What is done already is skipped: a second identical
     run makes no model call; an interrupted one goes on where it stopped."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from .pipeline import STAGES, PipelineError, RunOptions, run_pipeline
 
     given = {k: v for k, v in dict(
@@ -1155,10 +1146,7 @@ def run_cmd(obj, communities, corpus, dumps, offline, limit, teacher, base, max_
     given |= {"offline": offline, "judges": not no_judges, "seed": seed,
               "force": frozenset(force), "until": until}
     options = RunOptions.quick(**given) if quick else RunOptions(**given)
-    progress_bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=24),
-                            MofNCompleteColumn(), _PerMinute(), TimeElapsedColumn(),
-                            TextColumn("ETA"), TimeRemainingColumn(), console=console,
-                            disable=not console.is_terminal)
+    progress_bar = _progress("{task.description}")  # the label changes with the stage
     shown = STAGES[:STAGES.index(until) + 1] if until else STAGES
     overall = progress_bar.add_task("run", total=len(shown))
     inner = progress_bar.add_task("", total=None)

@@ -82,6 +82,18 @@ def _scope_matches(scope: str, names: list[str] | None) -> bool:
     return names is None or bool(set(scope.split(",")) & set(names))
 
 
+def _section(doc: Doc, db, stage: str, names: list[str], title: str,
+             missing: str) -> list[dict]:
+    """A section on ``stage``'s kept results: its heading, its data for the JSON, and
+    ``missing`` when there are none.  Returns the results to render."""
+    results = _latest(db, stage, names)
+    doc.data[stage] = [r["result"] for r in results]
+    doc.h(2, title)
+    if not results:
+        doc.p(missing)
+    return results
+
+
 def _latest(db, stage: str, names: list[str] | None) -> list[dict]:
     """The newest result per scope of ``stage`` touching ``names``, newest last."""
     rows = {r["scope"]: r for r in load_results(db, stage) if _scope_matches(r["scope"], names)}
@@ -215,16 +227,9 @@ def _training(doc: Doc, db, names: list[str], plots: bool) -> None:
 
 
 def _survey(doc: Doc, db, names: list[str], plots: bool) -> None:
-    results = _latest(db, "survey", names)
-    doc.data["survey"] = []
-    doc.h(2, "Survey")
-    if not results:
-        doc.p("No survey administered yet (`cci-local survey`).")
-        return
-    data = []
-    for r in results:
+    for r in _section(doc, db, "survey", names, "Survey",
+                      "No survey administered yet (`cci-local survey`)."):
         res = r["result"]
-        data.append(res)
         doc.p(f"{res['source']}, {res['scoring']} scoring, {res['items']} questions"
               f" (base model {r['settings'].get('base')}).")
         for note in res.get("notes", []):
@@ -251,20 +256,12 @@ def _survey(doc: Doc, db, names: list[str], plots: bool) -> None:
             if plots:
                 doc.figure(f"survey-matrix-{kind}", _plot_heatmap(matrix, keys),
                            f"Cross-community accuracy ({kind} models)")
-    doc.data["survey"] = data
 
 
 def _fidelity(doc: Doc, db, names: list[str], plots: bool) -> None:
-    results = _latest(db, "fidelity", names)
-    doc.data["fidelity"] = []
-    doc.h(2, "Fidelity")
-    if not results:
-        doc.p("No fidelity evaluation yet (`cci-local fidelity r/NAME`).")
-        return
-    data = []
-    for r in results:
+    for r in _section(doc, db, "fidelity", names, "Fidelity",
+                      "No fidelity evaluation yet (`cci-local fidelity r/NAME`)."):
         res = r["result"]
-        data.append(res)
         c = res["community"]
         doc.h(3, f"r/{c}")
         for note in res.get("notes", []):
@@ -282,7 +279,6 @@ def _fidelity(doc: Doc, db, names: list[str], plots: bool) -> None:
             doc.figure(f"emotions-{c}", _plot_emotions(emotions),
                        f"Emotion profile (NRC lexicon) of r/{c}'s real documents and of each "
                        "model's kept texts")
-    doc.data["fidelity"] = data
 
 
 def _emotions(db, res: dict, settings: dict) -> dict[str, list[float]]:
@@ -306,16 +302,11 @@ def _emotions(db, res: dict, settings: dict) -> dict[str, list[float]]:
 
 
 def _psychometrics(doc: Doc, db, names: list[str], plots: bool) -> None:
-    results = _latest(db, "psychometrics", names)
-    doc.data["psychometrics"] = []
-    doc.h(2, "Psychometrics")
-    if not results:
-        doc.p("No instrument administered yet (`cci-local psychometrics ... --instrument`).")
-        return
-    data = []
-    for r in results:
+    results = _section(doc, db, "psychometrics", names, "Psychometrics",
+                       "No instrument administered yet (`cci-local psychometrics ... "
+                       "--instrument`).")
+    for number, r in enumerate(results, 1):
         res = r["result"]
-        data.append(res)
         respondents = res["respondents"]
         measures = list(next(iter(respondents.values()))["scores"]) if respondents else []
         doc.h(3, res["instrument"])
@@ -331,9 +322,8 @@ def _psychometrics(doc: Doc, db, names: list[str], plots: bool) -> None:
                   [[d["a"], d["b"], d["score"], _ci(d), f"{d['p']:.3f}"]
                    for d in res.get("differences", [])])
         if plots:
-            doc.figure(f"psychometrics-{len(data)}", _plot_scores(respondents, measures),
+            doc.figure(f"psychometrics-{number}", _plot_scores(respondents, measures),
                        f"{res['instrument']}: scores with 95% CI")
-    doc.data["psychometrics"] = data
 
 
 # --------------------------------------------------------------------------- plots
