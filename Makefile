@@ -10,14 +10,15 @@ DEMO_DB ?= demo.db
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml cci_local/buildflags.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU build of torch (on disk here); an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	# llama-cpp-python compiles from source: without its multimodal library (which
-	# cci-local does not use) the build takes ~3 minutes on 2 cores instead of ~8.
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF $$CMAKE_ARGS" $(BIN)/python -m pip install --quiet -e '.[test]'
+	# llama-cpp-python compiles from source (~3 minutes on 2 cores), for this host but not
+	# natively: no AMX, AVX-512 only where a probe runs it; your CMAKE_ARGS win (README).
+	$(BIN)/python cci_local/buildflags.py --install
+	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
 # The one-shot pipeline on the embedded model and the sample corpora, as a trial run
@@ -32,6 +33,7 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_backends.py
+	$(BIN)/python benchmarks/bench_build.py
 	$(BIN)/python benchmarks/bench_topics.py
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_train.py

@@ -19,7 +19,8 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .ingest import FORMATS, BadInput, CleanOptions, IngestReport, ingest
+from .ingest import FORMATS, BadInput, CleanOptions, FieldMap, IngestReport, ingest
+from .ingest.shapes import MappingError
 from .store import StoreError, community_status, open_store, resolve_path, save_result
 
 # Progress is Rich's: libraries' own tqdm bars (transformers' GGUF loader has one that its
@@ -69,7 +70,8 @@ def cli(ctx, db_path):
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--community", help="Community for records without a subreddit field; records "
               "of other subreddits are skipped.")
-@click.option("--format", "fmt", type=click.Choice(("auto", *FORMATS)), default="auto",
+@click.option("--format", "fmt", type=click.Choice(("auto", *FORMATS, "reddit-json")),
+              default="auto",
               show_default=True, help="Input format; auto tells it from the content.")
 @click.option("--strict", is_flag=True, help="Stop at the first malformed record (exit code 2).")
 @click.option("--limit", type=click.IntRange(min=1), help="Read at most N records per file.")
@@ -82,20 +84,54 @@ def cli(ctx, db_path):
 @click.option("--bot", "bots", multiple=True, help="Another author to drop as a bot (repeatable).")
 @click.option("--workers", type=click.IntRange(min=1),
               help="Processes that parse and clean large files (default: one per core).")
+@click.option("--text", "text_fields", multiple=True, metavar="FIELD",
+              help="Field or column holding the text (repeatable: joined in order, e.g. "
+              "--text title --text postText). Any of these mapping options replaces the "
+              "recognised names.")
+@click.option("--title", "title_field", metavar="FIELD", help="Field holding a post's title.")
+@click.option("--created", "created_field", metavar="FIELD",
+              help="Field holding the time (Unix seconds, also as a string, or an ISO date).")
+@click.option("--author", "author_field", metavar="FIELD", help="Field holding the username "
+              "(pseudonymised on ingest).")
+@click.option("--id", "id_field", metavar="FIELD", help="Field holding the record's id.")
+@click.option("--score", "score_field", metavar="FIELD", help="Field holding the score.")
+@click.option("--parent", "parent_field", metavar="FIELD",
+              help="Field holding the parent's id (makes the record a comment).")
+@click.option("--thread", "thread_field", metavar="FIELD",
+              help="Field holding the id of the post a comment belongs to.")
+@click.option("--community-field", metavar="FIELD",
+              help="Field holding the community's name (else --community, else the file name).")
+@click.option("--fields", "fields_file", type=click.Path(exists=True, dir_okay=False),
+              help="A TOML mapping file with the same keys: text = [\"postText\"], "
+              "created = \"date\", ... (options given here win).")
 @click.pass_obj
 def ingest_cmd(obj, sources, community, fmt, strict, limit, force, min_words, max_words, bots,
-               workers):
-    """Read Reddit dumps (NDJSON, .zst, .gz), CSV exports or Reddit JSON into the store.
+               workers, text_fields, title_field, created_field, author_field, id_field,
+               score_field, parent_field, thread_field, community_field, fields_file):
+    """Read Reddit dumps (NDJSON, .zst, .gz), CSV exports or JSON into the store.
 
     SOURCES are files or directories (read recursively); the format and
-    compression are told from each file's content.
+    compression are told from each file's content.  JSON may be Reddit's
+    listings, or posts with a nested comment tree (`comments`, then `replies`
+    or `children`, any depth), one per file or many in a list.  Records that
+    carry no community take it from --community, else from the file or folder
+    name (<Name>_submissions.csv, <Name>_comments.zst, r-<name>/).  Exports with
+    other field names: map them (--text, --created, ...).  A file that gives no
+    record is an error line with its shape; --strict stops there (exit 2).
     """
     options = CleanOptions(min_words=min_words, max_words=max_words,
                            extra_bots=frozenset(b.lower() for b in bots))
+    fields = FieldMap(tuple(text_fields), title_field, created_field, author_field, id_field,
+                      score_field, community_field, parent_field, thread_field)
+    try:
+        if fields_file:
+            fields = FieldMap.from_file(fields_file).merged(fields)
+    except MappingError as e:
+        _fail(str(e))
     try:
         report = ingest(obj.db, list(sources), community=community, fmt=fmt, strict=strict,
                         limit=limit, force=force, options=options, workers=workers,
-                        progress=console.is_terminal)
+                        progress=console.is_terminal, fields=fields)
     except BadInput as e:
         _fail(str(e))
     except KeyboardInterrupt:
@@ -105,6 +141,8 @@ def ingest_cmd(obj, sources, community, fmt, strict, limit, force, min_words, ma
                       highlight=False, soft_wrap=True)
         sys.exit(130)
     _print_ingest(report)
+    if report.empty and not report.total("added"):
+        sys.exit(2)  # nothing at all was found: each file's error line says why
 
 
 def _print_ingest(report: IngestReport) -> None:
@@ -113,15 +151,21 @@ def _print_ingest(report: IngestReport) -> None:
         table.add_column(name, justify="left" if name in ("file", "format") else "right",
                          no_wrap=name != "file")
     for s in report.sources:
-        if s.status != "ingested":
+        if s.status not in ("ingested", "no records"):
             table.add_row(s.name, s.status, "", "", "", "", "", style="dim")
             continue
         fmt = s.format + (f" ({s.compression})" if s.compression not in ("", "none") else "")
         table.add_row(s.name, fmt, f"{s.records:,}", f"{s.added:,}", f"{s.duplicates:,}",
                       f"{sum(s.dropped.values()):,}", f"{s.bad:,}",
-                      style="red" if s.bad else None)
+                      style="red" if s.bad or s.status == "no records" else None)
     out.print(table)
     for s in report.sources:
+        if s.status == "no records":
+            console.print(f"[red]error:[/red] {s.path}: {s.note}", highlight=False,
+                          soft_wrap=True)
+            continue
+        if s.status == "left":
+            out.print(f"{s.path}: left, {s.note}", style="dim", highlight=False, soft_wrap=True)
         if s.layout:
             out.print(f"{s.name}: {s.layout}", style="dim", highlight=False, soft_wrap=True)
         if s.dropped:
@@ -137,6 +181,14 @@ def _print_ingest(report: IngestReport) -> None:
                 console.print(f"[yellow]warning:[/yellow] {s.path}: {s.bad - len(s.errors):,} more "
                               "malformed records (all listed in the store's ingest_errors table)",
                               highlight=False, soft_wrap=True)
+    named: dict[str, list[str]] = {}
+    for s in report.sources:
+        if s.community and s.status == "ingested":
+            named.setdefault(s.community, []).append(s.name)
+    for name, files in named.items():
+        which = files[0] if len(files) == 1 else f"{len(files)} files ({files[0]}, ...)"
+        out.print(f"community r/{name} from the file or folder name, for records of {which} "
+                  "that carry none", style="dim", highlight=False, soft_wrap=True)
     already = sum(s.status == "already ingested" for s in report.sources)
     if already:
         out.print(f"{already} file(s) already ingested: --force re-reads them, adding only "

@@ -161,6 +161,18 @@ def checks(db_path: Path, smoke_test: bool = True) -> list[Check]:
         out.append(Check("llama-cpp-python", "ok", f"{llama}, {gpu}"))
 
     ok, detail = availability("embedded")
+    if ok and llama is not None:
+        # A real multi-token decode in a child process first: a build with an instruction
+        # this CPU refuses dies there (SIGILL), and this process lives to say so.
+        from .llm.cpucheck import probe
+
+        result = probe()
+        out.append(Check("llama.cpp on this CPU", "ok" if result.ok else "fail",
+                         f"{result.detail} ({result.seconds:.1f} s); build: {_build_info()}"
+                         if result.ok else result.detail))
+        ok = ok and result.ok
+        if not result.ok:
+            detail = "not loaded here: see the llama.cpp check above"
     if ok and smoke_test:
         ok, detail = _smoke_test_embedded(detail)
     out.append(Check("embedded model", "ok" if ok else "fail", detail))
@@ -183,6 +195,16 @@ def checks(db_path: Path, smoke_test: bool = True) -> list[Check]:
         out.append(Check("training", "ok", ", ".join(f"{p} {v}" for p, v in training.items())
                          + _accelerator()))
     return out
+
+
+def _build_info() -> str:
+    """The CPU features the installed llama.cpp was compiled with (its own report)."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    on = [part.split("=")[0].strip() for part in info.replace("CPU :", "|").split("|")
+          if part.strip().endswith("= 1")]
+    return " ".join(on) or info.strip()
 
 
 def _accelerator() -> str:

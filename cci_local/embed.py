@@ -14,8 +14,10 @@ with the same embedder embeds only documents not seen before.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -37,13 +39,30 @@ def _cache_dir() -> Path:
     return Path(base) / "cci-local"
 
 
+@contextlib.contextmanager
+def _no_global_logging():
+    """Undo what an import does to the root logger: WordLlama calls
+    ``logging.basicConfig(level=INFO)`` when imported, after which every library's
+    INFO lines (matplotlib's "generated new fontManager", ...) reach the screen."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+
+
 class WordLlamaEmbedder:
     name = "wordllama"
 
     def __init__(self):
         try:
-            import wordllama
-            from wordllama import WordLlama
+            with _no_global_logging():
+                import wordllama
+                from wordllama import WordLlama
         except ImportError as e:
             raise EmbedderError("the wordllama embedder needs: pip install wordllama") from e
         # WordLlama looks for its packaged tokenizer in a folder that does not exist

@@ -229,8 +229,12 @@ def _data(db, state, outcome) -> bool:
     added = 0
     try:
         if options.corpus:
-            rep = ingest(db, list(options.corpus), limit=options.limit, force=force)
+            # Only the communities asked for: files named for others are left unread,
+            # other communities' records in shared files are not stored.
+            rep = ingest(db, list(options.corpus), limit=options.limit, force=force,
+                         only=names)
             added += rep.total("added")
+            _say_left(rep, log)
         for name in names:
             files = find_dumps(folder, name)
             if not files and not options.corpus and not _documents(db, name):
@@ -247,6 +251,19 @@ def _data(db, state, outcome) -> bool:
     outcome.summary = ", ".join(f"r/{n} {c:,} documents" for n, c in counts.items()) + \
         (f" ({added:,} new)" if added else "")
     return added > 0
+
+
+def _say_left(rep, log) -> None:
+    """One note for the corpus files left and the records of other communities."""
+    left = [s for s in rep.sources if s.status == "left"]
+    other = sum(s.dropped.get("other community", 0) for s in rep.sources)
+    if left:
+        names = ", ".join(s.name for s in left[:6]) + (" ..." if len(left) > 6 else "")
+        log(f"note: left {len(left)} corpus file(s) named for other communities ({names})")
+    if other:
+        log(f"note: skipped {other:,} records of communities not asked for")
+    for s in rep.empty:
+        log(f"warning: {s.path}: {s.note}")
 
 
 def _documents(db, name: str) -> int:

@@ -127,6 +127,27 @@ def test_retries_tell_the_teacher_what_was_wrong(topics_db):
     assert status == "invalid" and error.startswith("not JSON") and raw.startswith('{"open')
 
 
+def test_a_raw_control_character_inside_a_string_is_accepted(topics_db):
+    # llama.cpp's JSON grammar lets a raw tab or newline through inside a string; the
+    # reply is otherwise valid and must not cost a second teacher call.
+    def script(n, messages, communities):
+        reply = json.dumps(good_reply(communities, "tab"))
+        return reply.replace('"How ', '"How\t', 1).replace('"We ', '"We\n', 1)
+
+    teacher = ScriptedTeacher(script)
+    raw = script(0, None, ["keto", "nutrition"])
+    with pytest.raises(json.JSONDecodeError, match="control character"):
+        json.loads(raw)  # what the strict parser said before
+    report = cross_instruct(topics_db, None, teacher, CrossOptions(max_rows=1))
+    assert teacher.calls == 1 and report.accepted == 1 and report.retries == 0
+    question = topics_db.execute("SELECT question FROM instructions WHERE kind = 'open'"
+                                 " ORDER BY rowid LIMIT 1").fetchone()[0]
+    assert question.startswith("How ")  # kept, its whitespace tidied as every question's
+    again = cross_instruct(topics_db, None, ScriptedTeacher(lambda n, m, c: 1 / 0),
+                           CrossOptions(max_rows=1))  # the stored reply reads back
+    assert again.calls == 0 and again.rows_done_before == 1
+
+
 def test_a_row_that_never_passes_is_rejected_with_its_reason(topics_db):
     teacher = ScriptedTeacher(lambda n, m, c: "Sure! Here are some questions:")
     report = cross_instruct(topics_db, None, teacher, CrossOptions(max_rows=2, max_attempts=2))

@@ -38,7 +38,7 @@ BAD_RECORDS = [
      "field 'created_utc': expected a Unix timestamp or ISO date, got 'yesterday'"),
     (b'{"id": "x4", "subreddit": "keto", "body": 12345}', "field 'body': expected text, got 12345"),
     (b'{"id": "x5", "subreddit": "keto", "author": "someone"}',
-     "no text: expected 'body' (comments) or 'title'/'selftext' (submissions)"),
+     "no text field among its keys ['author', 'id', 'subreddit']; map one with --text FIELD"),
     (b'["not", "an", "object"]', "expected a JSON object, got an array"),
 ]
 
@@ -125,7 +125,8 @@ def test_no_text_column_is_refused_and_nothing_is_lost(tmp_path):
     assert runner.invoke(cli, ["--db", str(db_path), "ingest", str(good)]).exit_code == 0
     result = runner.invoke(cli, ["--db", str(db_path), "ingest", str(bad), str(good)])
     assert result.exit_code == 2
-    assert f"{bad}: no text column among ['subreddit', 'author', 'score']" in result.output
+    assert f"{bad}: no records found: no text column among ['subreddit', 'author', 'score']" \
+        in result.output and "--text FIELD" in result.output
     from cci_local.store import open_store
     assert count(open_store(db_path)) == len(GOOD)
 
@@ -153,11 +154,11 @@ def test_interrupted_ingest_resumes_without_duplicates(tmp_path, db, monkeypatch
     real_call = records_module.Converter.__call__
     calls = {"n": 0}
 
-    def interrupting(self, record):
+    def interrupting(self, record, fallback=None):
         calls["n"] += 1
         if calls["n"] == 1234:
             raise KeyboardInterrupt
-        return real_call(self, record)
+        return real_call(self, record, fallback)
 
     monkeypatch.setattr(records_module.Converter, "__call__", interrupting)
     with pytest.raises(KeyboardInterrupt):

@@ -133,7 +133,7 @@ def test_directory_recursive_mixed(tmp_path, db):
     report = ingest(db, [str(tmp_path / "a")])
     status = {s.name: s.status + ": " + s.note for s in report.sources}
     assert status["b/dump.zst"] == status["b/export.csv"] == status["thread.json"] == "ingested: "
-    assert status["notes.md"].startswith("skipped: no text column")
+    assert status["notes.md"].startswith("skipped: no records found: no text column")
     assert status["image.png"].startswith("skipped: this is a binary file")
     assert ".hidden.ndjson" not in status
     assert db.execute("SELECT count(*) FROM documents").fetchone()[0] == 4 + 1 + 50 - sum(

@@ -43,7 +43,7 @@ def test_posts_and_comments_csvs_with_other_columns(db):
     report = ingest(db, [str(CORPUS_POSTS)])
     skipped = [s for s in report.sources if s.status == "skipped"]
     assert [s.name for s in skipped] == ["LICENSE"]
-    assert skipped[0].note.startswith("no text column among ['MIT License']")
+    assert skipped[0].note.startswith("no records found: no text column among ['MIT License']")
     layouts = {s.path.rsplit("/", 1)[-1]: s.layout for s in report.sources if s.layout}
     assert layouts["keto_comments.csv"] == "text from 'body', community from 'subreddit'"
     assert layouts["nutrition_subs.csv"].startswith("text from 'title' + 'selftext'")

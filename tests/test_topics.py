@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from conftest import CORPUS_2022, CORPUS_POSTS, cci
@@ -169,3 +171,17 @@ def test_topics_command(tmp_path):
     assert "already fitted with these documents and settings" in again.stdout
     bad = run("topics", "r/loseit", check=False)
     assert bad.returncode == 2 and "no community 'r/loseit'" in bad.stderr
+
+
+def test_library_logging_stays_off_the_screen():
+    # WordLlama calls logging.basicConfig(level=INFO) when imported; after that, every
+    # library's INFO line (matplotlib's "generated new fontManager" on a fresh machine)
+    # was printed into run's output.
+    code = ("import logging\n"
+            "from cci_local.embed import WordLlamaEmbedder\n"
+            "WordLlamaEmbedder()\n"
+            "logging.getLogger('matplotlib.font_manager').info('generated new fontManager')\n"
+            "logging.getLogger('x').warning('a warning still shows')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert "fontManager" not in done.stderr and "a warning still shows" in done.stderr

@@ -21,6 +21,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 import sqlite_utils
 from rich.progress import (
     BarColumn,
@@ -36,18 +37,21 @@ from rich.text import Text
 from ..store import ensure_community, normalise_community, pseudonym_key
 from .clean import CleanOptions, Pseudonymiser
 from .readers import (
+    FORMAT_ALIASES,
     FORMATS,
     BadSource,
     open_csv,
     open_decompressed,
     read_csv,
+    read_json,
     read_ndjson,
-    read_reddit_json,
     sniff_format,
 )
 from .records import Converter, convert_chunk, convert_chunk_in_worker, init_worker, insert_sql
+from .shapes import EXPECTED, FieldMap, community_from_path, describe_value, mapping_hint
 
-__all__ = ["ingest", "IngestReport", "SourceReport", "BadInput", "CleanOptions", "FORMATS"]
+__all__ = ["ingest", "IngestReport", "SourceReport", "BadInput", "CleanOptions", "FORMATS",
+           "FieldMap"]
 
 BATCH = 5000  # documents per transaction
 CHUNK_RECORDS = 1000  # records per conversion task
@@ -68,8 +72,9 @@ class SourceReport:
     format: str = ""
     compression: str = ""
     layout: str = ""
-    status: str = "ingested"  # or "already ingested", "skipped"
-    note: str = ""  # why it was skipped
+    status: str = "ingested"  # or "already ingested", "skipped", "left", "no records"
+    note: str = ""  # why it was skipped, left, or found nothing
+    community: str = ""  # the community the file's name says, where records carry none
     records: int = 0
     added: int = 0
     bad: int = 0
@@ -83,7 +88,7 @@ class SourceReport:
         return kept - self.added
 
     def error_lines(self) -> list[str]:
-        unit = "item " if self.format == "reddit-json" else ""
+        unit = "item " if self.format in ("json", "reddit-json") else ""
         return [f"{self.path}:{unit}{line}: {reason}" for line, reason in self.errors]
 
 
@@ -94,6 +99,11 @@ class IngestReport:
     def total(self, attr: str) -> int:
         return sum(getattr(s, attr) for s in self.sources)
 
+    @property
+    def empty(self) -> list[SourceReport]:
+        """Files read that held no record at all (each has an error line in ``note``)."""
+        return [s for s in self.sources if s.status == "no records"]
+
 
 @dataclass
 class _Plan:
@@ -101,6 +111,7 @@ class _Plan:
     shown: str
     name: str
     format: str
+    community: str | None = None  # what the file's or folder's name says
 
 
 def _fingerprint(path: Path) -> tuple[str, int]:
@@ -115,12 +126,20 @@ def _fingerprint(path: Path) -> tuple[str, int]:
     return h.hexdigest()[:32], size
 
 
-def _detect(path: Path, fmt: str) -> str:
+def _detect(path: Path, fmt: str, fields: FieldMap | None = None,
+            community: str | None = None) -> str:
+    """The file's format; BadSource when it cannot give records (a CSV with no text
+    column, or with no community column, no --community and a name that says none)."""
     stream, raw, _ = open_decompressed(path)
     try:
         detected = sniff_format(stream) if fmt == "auto" else fmt
         if detected == "csv":
-            open_csv(stream)  # raises BadSource when no text column can be found
+            _, layout, _ = open_csv(stream, fields)  # BadSource: no text column
+            if not layout.has_community and community is None:
+                raise BadSource(
+                    f"no community: no subreddit column among {layout.header[:12]} and the "
+                    "file's name does not say (<Name>_submissions.csv, <Name>_comments.csv, "
+                    "r-<name>/); pass --community NAME or rename the file")
         return detected
     except (OSError, EOFError) as e:
         raise BadSource(f"cannot read: {e}") from e
@@ -128,11 +147,14 @@ def _detect(path: Path, fmt: str) -> str:
         raw.close()
 
 
-def plan_sources(paths: list[str], fmt: str = "auto") -> tuple[list[_Plan], list[SourceReport]]:
+def plan_sources(paths: list[str], fmt: str = "auto", *, fields: FieldMap | None = None,
+                 community: str | None = None, only: frozenset[str] | None = None
+                 ) -> tuple[list[_Plan], list[SourceReport]]:
     """Expand directories and tell each file's format before anything is stored.
 
     A file named on the command line that is not a corpus is an error (BadInput);
-    inside a directory it is skipped and reported."""
+    inside a directory it is skipped and reported.  With ``only`` (lower-cased
+    community names), a file whose name says another community is left unread."""
     plans, skipped = [], []
     for arg in paths:
         path = Path(arg)
@@ -143,20 +165,26 @@ def plan_sources(paths: list[str], fmt: str = "auto") -> tuple[list[_Plan], list
                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
             if not files:
                 raise BadInput(f"{arg}: the directory holds no files")
-            for file in files:
-                name = str(file.relative_to(path))
-                try:
-                    plans.append(_Plan(file, str(file), name, _detect(file, fmt)))
-                except BadSource as e:
-                    skipped.append(SourceReport(str(file), name, status="skipped", note=str(e)))
+            found = [(file, str(file), str(file.relative_to(path)),
+                      community_from_path(file, path)) for file in files]
         else:
+            found = [(path, arg, arg, community_from_path(path))]
+        for file, shown, name, hint in found:
+            if only is not None and community is None and hint and hint.lower() not in only:
+                skipped.append(SourceReport(shown, name, status="left", community=hint,
+                                            note=f"its name says r/{hint}, not asked for"))
+                continue
             try:
-                plans.append(_Plan(path, arg, arg, _detect(path, fmt)))
+                plans.append(_Plan(file, shown, name, _detect(file, fmt, fields,
+                                                              community or hint), hint))
             except BadSource as e:
-                raise BadInput(f"{arg}: {e}") from e
-    if not plans:
+                if not path.is_dir():
+                    raise BadInput(f"{arg}: {e}") from e
+                skipped.append(SourceReport(shown, name, status="skipped", note=str(e)))
+    if not plans and not any(s.status == "left" for s in skipped):
         raise BadInput(f"no corpus file found in {', '.join(paths)} "
-                       "(expected NDJSON/.zst/.gz dumps, CSV exports or Reddit JSON)")
+                       "(expected NDJSON/.zst/.gz dumps, CSV exports or JSON)"
+                       + (f"; {skipped[0].path}: {skipped[0].note}" if skipped else ""))
     return plans, skipped
 
 
@@ -179,18 +207,27 @@ def ingest(
     options: CleanOptions | None = None,
     workers: int | None = None,
     progress: bool = False,
+    fields: FieldMap | None = None,
+    only: list[str] | None = None,
 ) -> IngestReport:
     """Read every corpus file under ``paths`` into the store's documents table.
 
     ``workers``: processes that parse and clean records (default: one per core, at
     most 8); the main process reads, decompresses and writes to the store.  Files
-    under PARALLEL_MIN_BYTES are done in-process: starting workers costs more."""
+    under PARALLEL_MIN_BYTES are done in-process: starting workers costs more.
+    ``fields``: the source's own field names (``--text`` ...).  ``only``: keep these
+    communities' records and leave unread the files whose names say another.
+
+    A file that gives no record at all is reported with its shape and how to map
+    it (``status == "no records"``); with ``strict`` it stops the ingest (BadInput)."""
+    fmt = FORMAT_ALIASES.get(fmt, fmt)
     if fmt != "auto" and fmt not in FORMATS:
         raise BadInput(f"unknown format {fmt!r}: use auto, {', '.join(FORMATS)}")
-    plans, skipped = plan_sources(paths, fmt)
     wanted = normalise_community(community) if community else None
+    keep = frozenset(normalise_community(c).lower() for c in only) if only else None
+    plans, skipped = plan_sources(paths, fmt, fields=fields or None, community=wanted, only=keep)
     convert = Converter(Pseudonymiser(pseudonym_key(db)), options or CleanOptions(), wanted,
-                        stop_at_bad=strict)
+                        stop_at_bad=strict, fields=fields or None, only=keep)
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
     report = IngestReport(sources=list(skipped))
@@ -203,7 +240,8 @@ def ingest(
             for plan in plans:
                 size = plan.path.stat().st_size
                 task = bar.add_task(Path(plan.shown).name[:32], total=size, docs=0)
-                source_report = SourceReport(plan.shown, plan.name, format=plan.format)
+                source_report = SourceReport(plan.shown, plan.name, format=plan.format,
+                                             community=plan.community or "")
                 report.sources.append(source_report)
                 _ingest_source(db, plan, convert, source_report, strict=strict, limit=limit,
                                force=force, bar=bar, task=task,
@@ -242,7 +280,8 @@ def _chunks(triples, limit: int | None):
         yield chunk
 
 
-def _converted(chunks, convert: Converter, pool: ProcessPoolExecutor | None):
+def _converted(chunks, convert: Converter, pool: ProcessPoolExecutor | None,
+               fallback: str | None = None):
     """Convert chunks in order: in-process, or on the pool.
 
     With a pool, a feeder thread reads, decompresses and submits chunks while the
@@ -250,7 +289,7 @@ def _converted(chunks, convert: Converter, pool: ProcessPoolExecutor | None):
     of chunks in flight is bounded, so memory stays flat however large the file."""
     if pool is None:
         for chunk in chunks:
-            yield convert_chunk(convert, chunk)
+            yield convert_chunk(convert, chunk, fallback)
         return
     inflight: queue.Queue = queue.Queue(maxsize=INFLIGHT)
     stop = threading.Event()
@@ -260,7 +299,7 @@ def _converted(chunks, convert: Converter, pool: ProcessPoolExecutor | None):
             for chunk in chunks:
                 if stop.is_set():
                     return
-                inflight.put(pool.submit(convert_chunk_in_worker, chunk))
+                inflight.put(pool.submit(convert_chunk_in_worker, chunk, fallback))
         except BaseException as e:  # handed to the consumer, raised there
             inflight.put(e)
             return
@@ -290,6 +329,12 @@ def _ingest_source(db, plan: _Plan, convert: Converter, rep: SourceReport, *, st
     conn = db.conn
     started = time.monotonic()
     fingerprint, size = _fingerprint(plan.path)
+    if convert.community or convert.only or convert.fields:
+        # What was kept depends on these: another community (or map) reads the file again,
+        # adding only what is missing.
+        scope = sorted(convert.only or ()) + ([convert.community] if convert.community else [])
+        mapped = repr(convert.fields) if convert.fields else ""
+        fingerprint += "+" + hashlib.sha256(f"{scope}{mapped}".encode()).hexdigest()[:12]
     resolved = str(plan.path.resolve())
     row = conn.execute("SELECT id, complete FROM sources WHERE path = ? AND fingerprint = ?",
                        [resolved, fingerprint]).fetchone()
@@ -336,16 +381,18 @@ def _ingest_source(db, plan: _Plan, convert: Converter, rep: SourceReport, *, st
         bar.update(task, completed=size if raw.closed else raw.tell(), docs=rep.added)
 
     results = None
+    info: dict = {}
     try:
         if plan.format == "ndjson":
             chunks = read_ndjson(stream, limit)
         elif plan.format == "csv":
-            reader, layout, _ = open_csv(stream)
+            reader, layout, _ = open_csv(stream, convert.fields)
             rep.layout = layout.describe()
             chunks = _chunks(read_csv(reader, layout), limit)
         else:
-            chunks = _chunks(read_reddit_json(stream), limit)
-        results = _converted(chunks, convert, pool)
+            chunks = _chunks(read_json(stream, info), limit)
+        fallback = None if convert.community else plan.community
+        results = _converted(chunks, convert, pool, fallback)
         for rows, dropped, bad, n in results:
             spellings = {row[0] for row in rows}
             if not spellings <= canonical:  # a new community, or another spelling of one
@@ -366,11 +413,19 @@ def _ingest_source(db, plan: _Plan, convert: Converter, rep: SourceReport, *, st
                 if strict:  # the chunk stopped at its first malformed record
                     flush()
                     line, error = bad[0]
-                    unit = "item " if plan.format == "reddit-json" else ""
+                    unit = "item " if plan.format == "json" else ""
                     raise BadInput(f"{plan.shown}:{unit}{line}: {error} (--strict: stopped here; "
                                    f"documents stored from this file: {rep.added:,})")
             if len(batch) >= BATCH:
                 flush()
+        rep.format = info.get("shape", rep.format)
+        if rep.records == rep.bad and size:
+            # Not marked complete: the next run reads it again and says so again.
+            rep.status, rep.note = "no records", _no_records(plan, convert, rep)
+            flush()
+            if strict:
+                raise BadInput(f"{plan.shown}: {rep.note} (--strict: stopped here)")
+            return
         flush(complete=True)
     except BadSource as e:
         flush()
@@ -385,3 +440,29 @@ def _ingest_source(db, plan: _Plan, convert: Converter, rep: SourceReport, *, st
             results.close()  # stops the feeder thread before the file is closed
         raw.close()
         rep.seconds = time.monotonic() - started
+
+
+def _no_records(plan: _Plan, convert: Converter, rep: SourceReport) -> str:
+    """Why a non-empty file gave no record: its shape, what was expected, how to map it."""
+    shape = "its shape could not be read"
+    stream, raw, _ = open_decompressed(plan.path)
+    try:
+        if plan.format == "csv":
+            _, layout, _ = open_csv(stream, convert.fields)
+            shape = f"columns {layout.header[:15]}"
+        elif plan.format == "ndjson":
+            for line in stream:
+                if line.strip():
+                    shape = "first line: " + describe_value(orjson.loads(line))
+                    break
+        else:
+            shape = describe_value(orjson.loads(stream.read()))
+    except (BadSource, ValueError, OSError, EOFError):
+        pass
+    finally:
+        raw.close()
+    first = rep.errors[0][1] if rep.errors else ""
+    why = "" if first.startswith(("no text field", "expected a JSON object")) else f" ({first})"
+    expected = f"{convert.fields.describe()} to find text" if convert.fields else EXPECTED
+    return (f"no records found{why}; {shape}; expected {expected}; "
+            f"{mapping_hint(plan.format)}")

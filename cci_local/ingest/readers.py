@@ -25,7 +25,10 @@ from pathlib import Path
 import orjson
 import zstandard
 
-FORMATS = ("ndjson", "csv", "reddit-json")
+from .shapes import ALIASES, FieldMap, MappingError, mapping_hint, match_columns
+
+FORMATS = ("ndjson", "csv", "json")
+FORMAT_ALIASES = {"reddit-json": "json"}  # the name before JSON documents of any shape
 # Arctic Shift and Pushshift dumps are written with `zstd --long=31`.
 ZSTD_MAX_WINDOW = 2**31
 CHUNK = 1 << 16
@@ -130,15 +133,15 @@ def sniff_format(stream: io.BufferedReader) -> str:
     if b"\x00" in head:
         raise BadSource("this is a binary file, not a corpus (expected NDJSON, CSV or Reddit JSON)")
     if text[:1] == b"[":
-        return "reddit-json"
+        return "json"
     if text[:1] == b"{":
         first_line = text.split(b"\n", 1)[0]
         try:
             first = orjson.loads(first_line)
         except orjson.JSONDecodeError:
-            return "reddit-json"  # one JSON document spread over lines
+            return "json"  # one JSON document spread over lines
         if isinstance(first, dict) and (first.get("kind") == "Listing" or "data" in first):
-            return "reddit-json"
+            return "json"
         return "ndjson"
     return "csv"
 
@@ -236,29 +239,17 @@ def _json_type(value) -> str:
 
 # --------------------------------------------------------------------------- CSV
 
-# Canonical field -> header names seen in the wild (lower case), best first.
-CSV_COLUMNS: dict[str, tuple[str, ...]] = {
-    "body": ("body", "comment_body", "text", "content", "comment", "message", "post_text",
-             "full_text", "clean_text", "post"),
-    "title": ("title", "post_title", "submission_title"),
-    "selftext": ("selftext", "self_text", "post_body", "submission_text"),
-    "subreddit": ("subreddit", "subreddit_name", "community", "sub", "group"),
-    "id": ("id", "comment_id", "post_id", "submission_id", "name"),
-    "created_utc": ("created_utc", "created", "timestamp", "created_at", "date", "time"),
-    "author": ("author", "username", "user", "author_name", "user_name"),
-    "score": ("score", "ups", "upvotes"),
-    "link_id": ("link_id", "submission_id", "thread_id"),
-    "parent_id": ("parent_id", "parent"),
-}
-
-
 @dataclass
 class CsvLayout:
     delimiter: str
     columns: dict[str, int] = field(default_factory=dict)  # canonical -> column index
     header: list[str] = field(default_factory=list)
+    mapped: FieldMap | None = None  # records come raw ({header: value}) for the map
 
     def describe(self) -> str:
+        if self.mapped:
+            return self.mapped.describe()
+
         def name(key):
             return self.header[self.columns[key]]
 
@@ -272,27 +263,25 @@ class CsvLayout:
                      else "no community column")
         return f"{text}, {community}"
 
+    @property
+    def has_community(self) -> bool:
+        return "subreddit" in self.columns or bool(self.mapped and self.mapped.community)
 
-def csv_layout(header: list[str], delimiter: str) -> CsvLayout:
-    low = [h.strip().lower().lstrip("\ufeff") for h in header]
-    layout = CsvLayout(delimiter=delimiter, header=[h.strip().lstrip("\ufeff") for h in header])
-    taken: set[int] = set()
-    for key, names in CSV_COLUMNS.items():
-        for candidate in names:
-            if candidate in low and low.index(candidate) not in taken:
-                layout.columns[key] = low.index(candidate)
-                taken.add(low.index(candidate))
-                break
-    if "title" in layout.columns and "body" in layout.columns and "selftext" not in layout.columns:
-        # A submissions export that calls its self text 'text' or 'body'.
-        layout.columns["selftext"] = layout.columns.pop("body")
+
+def csv_layout(header: list[str], delimiter: str, mapped: FieldMap | None = None) -> CsvLayout:
+    clean = [h.strip().lstrip("\ufeff") for h in header]
+    if mapped:
+        try:
+            mapped.check_columns(clean)
+        except MappingError as e:
+            raise BadSource(str(e)) from e
+        return CsvLayout(delimiter, {h: i for i, h in enumerate(clean)}, clean, mapped)
+    layout = CsvLayout(delimiter=delimiter, header=clean, columns=match_columns(clean))
     if not ({"body", "title", "selftext"} & layout.columns.keys()):
-        expected = ", ".join(CSV_COLUMNS["body"][:5] + CSV_COLUMNS["title"][:1]
-                             + CSV_COLUMNS["selftext"][:1])
+        expected = ", ".join(ALIASES["body"][:5] + ALIASES["title"][:1] + ALIASES["selftext"][:1])
         raise BadSource(
-            f"no text column among {layout.header[:12]}; expected one of: {expected} "
-            "(rename the column, or convert the file to NDJSON with a 'body' field)"
-        )
+            f"no records found: no text column among {layout.header[:12]}; expected one of: "
+            f"{expected}; {mapping_hint('csv')}")
     return layout
 
 
@@ -302,14 +291,15 @@ def _detect_delimiter(first_line: str) -> str:
     return best if counts[best] else ","
 
 
-def open_csv(stream: io.BufferedReader) -> tuple[Iterator[list[str]], CsvLayout, object]:
+def open_csv(stream: io.BufferedReader, mapped: FieldMap | None = None
+             ) -> tuple[Iterator[list[str]], CsvLayout, object]:
     text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     first = text.readline()
     delimiter = _detect_delimiter(first)
     header = next(csv.reader([first], delimiter=delimiter), [])
     reader = csv.reader(text, delimiter=delimiter)
-    return reader, csv_layout(header, delimiter), text
+    return reader, csv_layout(header, delimiter, mapped), text
 
 
 _SURROGATE = re.compile("[\udc80-\udcff]")
@@ -345,42 +335,62 @@ def read_csv(reader, layout: CsvLayout) -> Iterator[Triple]:
         yield line_no + 1, None, f"unreadable CSV from here on: {e}"
 
 
-# --------------------------------------------------------------------------- Reddit JSON
+# --------------------------------------------------------------------------- JSON documents
 
 
-def read_reddit_json(stream: io.BufferedReader) -> Iterator[Triple]:
-    """Reddit's own listings (``/comments/ID.json``: [post listing, comment listing]
-    with nested ``replies``), subreddit listings, or ``{"data": [...]}`` API pages."""
+def read_json(stream: io.BufferedReader, info: dict | None = None) -> Iterator[Triple]:
+    """A whole JSON document: Reddit's own listings (``/comments/ID.json``: [post
+    listing, comment listing] with nested ``replies``), subreddit listings,
+    ``{"data": [...]}`` API pages, or any objects, one or an array of them (a
+    scraper's post with its comment tree: the converter flattens it).  ``info``
+    gets ``shape`` ("reddit-json" for listings, else "json") and ``document``."""
     try:
         document = orjson.loads(stream.read())
     except orjson.JSONDecodeError as e:
         raise BadSource(f"not valid JSON: {_json_error(str(e), True)}") from e
     except (TruncatedInput, EOFError, OSError, lzma.LZMAError) as e:
         raise BadSource(_truncation_message(e)) from e
+    listing = [False]
+    if info is not None:
+        info["document"] = document
     ordinal = 0
-    for kind, item in _walk(document):
+    for kind, item in _walk(document, listing):
         ordinal += 1
         if not isinstance(item, dict):
             yield ordinal, None, f"expected a JSON object for a {kind}, got {_json_type(item)}"
             continue
         yield ordinal, item, None
+    if info is not None:
+        info["shape"] = "reddit-json" if listing[0] else "json"
 
 
-def _walk(node) -> Iterator[tuple[str, object]]:
+read_reddit_json = read_json
+
+
+def _walk(node, listing: list, top: bool = True) -> Iterator[tuple[str, object]]:
     if isinstance(node, list):
         for child in node:
-            yield from _walk(child)
+            if isinstance(child, (dict, list)):
+                yield from _walk(child, listing, top=False)
+            else:
+                yield "record", child
         return
     if not isinstance(node, dict):
         return
     kind = node.get("kind")
     data = node.get("data")
     if kind == "Listing" and isinstance(data, dict):
-        yield from _walk(data.get("children") or [])
+        listing[0] = True
+        yield from _walk(data.get("children") or [], listing, top=False)
     elif kind in ("t1", "t3"):
+        listing[0] = True
         yield ("comment" if kind == "t1" else "submission"), data
         if isinstance(data, dict) and isinstance(data.get("replies"), dict):
-            yield from _walk(data["replies"])
+            yield from _walk(data["replies"], listing, top=False)
+    elif kind == "more":
+        return  # "load more comments": ids only, no text
     elif kind is None and isinstance(data, list):  # Arctic Shift API page
         for item in data:
             yield "record", item
+    else:  # any other object is a record (a post with its comment tree, ...)
+        yield "record", node

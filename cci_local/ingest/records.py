@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 from .clean import REMOVED_MARKERS, CleanOptions, Pseudonymiser, clean_text, is_bot, truncate_words
 from .readers import LineBlock, parse_ndjson
+from .shapes import FieldMap, ShapeError, expand, needs_expansion
 
 
 class BadRecord(Exception):
@@ -45,13 +46,16 @@ class Converter:
     options: CleanOptions
     community: str | None  # --community: fills in a missing subreddit, filters the others
     stop_at_bad: bool = False  # --strict: a chunk ends at its first malformed record
+    fields: FieldMap | None = None  # --text/--created/...: the source's own field names
+    only: frozenset[str] | None = None  # lower-cased communities to keep (run's filter)
 
     def __post_init__(self):
         self._authors: dict[str, str] = {}  # username -> pseudonym, or "" for a bot
 
-    def __call__(self, record: dict) -> tuple | str:
+    def __call__(self, record: dict, fallback: str | None = None) -> tuple | str:
         """Return (community, id, kind, text, created_utc, score, link_id, parent_id, author)
-        or a drop reason; raise BadRecord for a malformed record.
+        or a drop reason; raise BadRecord for a malformed record.  ``fallback``: the
+        community the file's name says, for records that carry none.
 
         Every field is checked before any drop decision, so a malformed record is
         reported even when it would have been dropped.  This runs once per record of
@@ -72,7 +76,10 @@ class Converter:
         author = get("author")
         if author is not None and type(author) is not str:
             raise BadRecord(f"field 'author': expected a username, got {_show(author)}")
-        community = _community(get("subreddit"), self.community)
+        community = _community(get("subreddit"), self.community, fallback)
+        if community is not None and self.only is not None \
+                and community.lower() not in self.only:
+            community = None
 
         body = get("body")
         if body is not None:
@@ -121,28 +128,41 @@ class Converter:
         return (community, doc_id, kind, text, created, score, link_id, parent_id, pseudonym)
 
 
-def convert_chunk(convert: Converter, chunk: LineBlock | list[tuple]) -> ChunkResult:
+def convert_chunk(convert: Converter, chunk: LineBlock | list[tuple],
+                  fallback: str | None = None) -> ChunkResult:
     """Convert a block of NDJSON lines or a list of reader triples; runs in-process
-    or in a worker process."""
+    or in a worker process.  An object not in Reddit's own shape (a mapped export,
+    a post with its comment tree) becomes its records first: each counts, and they
+    share the object's line."""
     if isinstance(chunk, LineBlock):
         chunk = _ndjson_triples(chunk)
     rows, dropped, bad = [], {}, []
     n = 0
+    mapped = convert.fields
     for line, record, error in chunk:
-        n += 1
-        if error is None:
+        if error is None and (mapped or needs_expansion(record)):
             try:
-                result = convert(record)
-            except BadRecord as e:
-                error = str(e)
-        if error is not None:
-            bad.append((line, error))
-            if convert.stop_at_bad:
-                break
-        elif isinstance(result, str):
-            dropped[result] = dropped.get(result, 0) + 1
+                records = list(expand(record, mapped))
+            except ShapeError as e:
+                records, error = [None], str(e)
         else:
-            rows.append((*result, line))
+            records = [record]
+        for record in records:
+            n += 1
+            if error is None:
+                try:
+                    result = convert(record, fallback)
+                except BadRecord as e:
+                    error = str(e)
+            if error is not None:
+                bad.append((line, error))
+                error = None
+                if convert.stop_at_bad:
+                    return rows, dropped, bad, n
+            elif isinstance(result, str):
+                dropped[result] = dropped.get(result, 0) + 1
+            else:
+                rows.append((*result, line))
     return rows, dropped, bad, n
 
 
@@ -171,8 +191,8 @@ def init_worker(convert: Converter) -> None:
     _worker_converter = convert
 
 
-def convert_chunk_in_worker(chunk: list[tuple]) -> ChunkResult:
-    return convert_chunk(_worker_converter, chunk)
+def convert_chunk_in_worker(chunk: list[tuple], fallback: str | None = None) -> ChunkResult:
+    return convert_chunk(_worker_converter, chunk, fallback)
 
 
 def _text_field(value, key: str) -> str:
@@ -183,15 +203,18 @@ def _text_field(value, key: str) -> str:
     raise BadRecord(f"field '{key}': expected text, got {_show(value)}")
 
 
-def _community(value, wanted: str | None) -> str | None:
+def _community(value, wanted: str | None, fallback: str | None = None) -> str | None:
     if value is not None and type(value) is not str:
         raise BadRecord(f"field 'subreddit': expected a name, got {_show(value)}")
     if value and value[:2].lower() == "r/":
         value = value[2:]
     if not value or not value.strip():
-        if wanted is None:
-            raise BadRecord("no community: the record has no 'subreddit'; pass --community NAME")
-        return wanted
+        value = wanted or fallback
+        if value is None:
+            raise BadRecord("no community: the record has no 'subreddit' and the file's name "
+                            "does not say (<Name>_submissions.csv, r-<name>/); pass "
+                            "--community NAME")
+        return value
     if wanted is not None and value.lower() != wanted.lower():
         return None
     return value.strip() if value[0] == " " or value[-1] == " " else value

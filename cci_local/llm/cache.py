@@ -120,7 +120,10 @@ def _record(db, *, key, kind, backend, ident, request, response, status, error=N
 
 def _validate(text: str, schema: dict) -> tuple[object, str | None]:
     try:
-        data = json.loads(text)
+        # strict=False: a raw control character (a tab, a newline) inside a string is
+        # kept as it is. llama.cpp's JSON grammar lets them through, and such a reply
+        # is otherwise valid: asking again costs a whole teacher call.
+        data = json.loads(text, strict=False)
     except json.JSONDecodeError as e:
         return None, f"not JSON: {e}"
     try:
@@ -177,7 +180,7 @@ def chat(db: sqlite_utils.Database, backend: Backend, messages: Messages, *,
     ident = identity(db, backend)
     key = _key(ident, "chat", _payload(request))
     if use_cache and (hit := _lookup(db, key)):
-        data = json.loads(hit[1]) if schema is not None else None
+        data = json.loads(hit[1], strict=False) if schema is not None else None
         return Reply(hit[1], data, cached=True, call_id=hit[0])
     if use_cache and (bad := _replayed(db, key, replay_invalid)):
         raise bad
@@ -224,7 +227,7 @@ def chat_many(db: sqlite_utils.Database, backend: Backend, requests: list[Reques
     for i, request in enumerate(requests):
         key = _key(ident, "chat", _payload(request))
         if hit := _lookup(db, key):
-            data = json.loads(hit[1]) if request.schema is not None else None
+            data = json.loads(hit[1], strict=False) if request.schema is not None else None
             yield i, Reply(hit[1], data, cached=True, call_id=hit[0])
         elif bad := _replayed(db, key, replay_invalid):
             yield i, bad

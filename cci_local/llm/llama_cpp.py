@@ -72,6 +72,9 @@ class LlamaCppBackend(Backend):
             except ImportError as e:
                 raise BackendError("GGUF models run with llama-cpp-python: "
                                    "pip install llama-cpp-python") from e
+            from .cpucheck import ensure
+
+            ensure()  # once per llama.cpp build and CPU: a refused instruction is a message
             gpu = llama_cpp.llama_supports_gpu_offload()
             try:
                 llm = llama_cpp.Llama(
