@@ -169,6 +169,36 @@ def test_run_finds_arctic_shift_dumps_in_the_dumps_folder(tmp_path):
     assert row[0] == "failed" and json.loads(row[1])[0]["status"] == "failed"
 
 
+def test_run_ingests_only_the_communities_asked_for(tmp_path):
+    """A corpus folder of several communities' files: run r/keto leaves the files named
+    for others unread, skips other communities' records in shared files, and says so."""
+    from conftest import CORPUS_POSTS
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("keto_comments.csv", "nutrition_comment.csv", "nutrition_subs.csv"):
+        (corpus / name).write_bytes((CORPUS_POSTS / name).read_bytes())
+    mixed = read_csv_rows(CORPUS_2022 / "subr_nutrition.csv")[:50] + \
+        read_csv_rows(CORPUS_2022 / "subr_keto.csv")[:50]
+    with open(corpus / "mixed.csv", "w", newline="", encoding="utf-8") as fh:
+        import csv
+
+        writer = csv.DictWriter(fh, fieldnames=list(mixed[0]))
+        writer.writeheader()
+        writer.writerows(mixed)
+    db = tmp_path / "s.db"
+    result = cci("run", "r/keto", "--corpus", str(corpus), "--until", "data", "--offline",
+                 db=db, env=_guarded_env(tmp_path))
+    said = " ".join((result.stdout + result.stderr).split())
+    assert "left 2 corpus file(s) named for other communities (nutrition_comment.csv, " \
+        "nutrition_subs.csv)" in said
+    assert re.search(r"skipped \d+ records of communities not asked for", said)
+    store = open_store(db)
+    assert store.execute("SELECT DISTINCT community FROM documents").fetchall() == [("keto",)]
+    read = {Path(r[0]).name for r in store.execute("SELECT path FROM sources")}
+    assert read == {"keto_comments.csv", "mixed.csv"}
+
+
 def test_with_nothing_local_run_collects_from_arctic_shift_then_ingests(tmp_path):
     """The last resort: no corpus, no dumps, no documents: `run` fetches the community
     through the Arctic Shift API (here its loopback stand-in, tests/arctic_standin.py),
