@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORPUS ?= ../shared/data/reddit/keto_nutrition_2022
 DEMO_DB ?= demo.db
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test check bench lint clean
 
 install: $(VENV)/.installed
 
@@ -27,8 +27,14 @@ demo: install
 	$(BIN)/cci-local --db $(DEMO_DB) run r/keto r/nutrition --corpus $(CORPUS) --quick \
 		--instrument weight-concerns
 
+# The whole suite, slow end-to-end tests included (CI runs this; ~20 minutes on 2 cores).
 test: install
 	$(BIN)/python -m pytest
+
+# The fast tier while working: lint, then every test not marked slow (~2-3 minutes).
+check: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not slow" -q
 
 bench: install
 	$(BIN)/python benchmarks/bench_ingest.py

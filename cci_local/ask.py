@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 
 import sqlite_utils
 
+from .errors import CciError
 from .llm import Backend, BackendError, Sampling, chat_stream, get_backend
-from .store import StoreError
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-class AskError(StoreError):
+class AskError(CciError):
     """The question cannot be put as asked: the message says what to do."""
 
 

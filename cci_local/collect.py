@@ -69,6 +69,7 @@ import orjson
 import zstandard
 
 from . import __version__
+from .errors import WorkFailed
 from .store import normalise_community
 
 __all__ = ["collect", "parse_since", "dump_name", "CollectError", "CollectReport", "KindReport",
@@ -90,7 +91,7 @@ log = logging.getLogger(__name__)
 _SUBREDDIT = re.compile(r"[A-Za-z0-9_]{2,21}")
 
 
-class CollectError(Exception):
+class CollectError(WorkFailed):
     """The collection cannot go on; what was received so far stays on disk.
 
     ``report`` is the CollectReport up to the failure; ``retryable`` says whether the

@@ -26,11 +26,13 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
+from .errors import CciError
+
 EMBEDDERS = ("wordllama", "tfidf", "minilm")
 BATCH = 2048
 
 
-class EmbedderError(Exception):
+class EmbedderError(CciError):
     """An embedder cannot be used here (missing package); the message says what to do."""
 
 

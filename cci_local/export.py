@@ -1,4 +1,4 @@
-"""Export instruction data for training elsewhere (DESIGN 5: `cci-local export`).
+"""Export instruction data for training elsewhere (docs/method.md#export).
 
 - ``mlx``: per community a folder with train/valid/test.jsonl of chat messages,
   what ``mlx_lm.lora --data DIR/<community>`` reads;

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import sqlite_utils
 
+from .errors import WorkFailed
 from .llm import USAGE
-from .store import StoreError, normalise_community, save_result
+from .store import normalise_community, save_result
 
 STAGES = ("data", "topics", "generate", "train", "survey", "fidelity", "psychometrics", "report")
 FORCEABLE = ("ingest", "topics", "train")
@@ -38,7 +39,7 @@ DUMP_NAMES = ("{}_submissions.zst", "{}_comments.zst", "{}_posts.jsonl", "{}_com
               "{}_posts.jsonl.zst", "{}_comments.jsonl.zst")
 
 
-class PipelineError(StoreError):
+class PipelineError(WorkFailed):
     """A stage cannot go on: the message says what to do.  Everything stored so far
     stays, and the next `run` continues from there."""
 
@@ -330,13 +331,13 @@ def _generate(db, state, outcome) -> bool:
         cross_instruct,
         template_pairs,
     )
-    from .llm import BackendError, UnknownModel, get_backend, load_registry
+    from .llm import BackendError, UnknownModel, default_model, get_backend
 
     names, options, log = state["names"], state["options"], state["log"]
     templates = template_pairs(db, names, TemplateOptions(seed=options.seed))
     made = sum(r["added"] for r in templates.values())
     try:
-        teacher = get_backend(options.teacher or load_registry().default("teacher")[0])
+        teacher = get_backend(default_model("teacher", options.teacher))
     except (UnknownModel, BackendError) as e:
         raise PipelineError(f"generate: {e}") from e
     if teacher.remote:
@@ -362,9 +363,9 @@ def _generate(db, state, outcome) -> bool:
 
 
 def _base(options: RunOptions) -> str:
-    from .llm import load_registry
+    from .llm import default_model
 
-    return options.base or load_registry().default("base")[0]
+    return default_model("base", options.base)
 
 
 def _train(db, state, outcome) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 import sqlite_utils
 
 from . import __version__
+from .errors import CciError
 from .store import community_status, load_results
 
 FORMATS = ("md", "html", "json")
@@ -32,7 +33,7 @@ FIDELITY_COLUMNS = [("identifiability_f1", "identifiability F1 (higher)"),
                     ("toxicity", "toxicity (lower)"), ("harm", "harm (lower)")]
 
 
-class ReportError(Exception):
+class ReportError(CciError):
     """Nothing to report, or a format we do not write."""
 
 

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import sqlite_utils
 
+from .errors import CciError
+
 DEFAULT_DB = "cci-local.db"
 ENV_DB = "CCI_LOCAL_DB"
 
 
-class StoreError(Exception):
+class StoreError(CciError):
     """The store cannot be opened or used as asked."""
 
 

@@ -1,4 +1,4 @@
-"""Topics and chunks across communities (DESIGN 2.1 steps 2-3).
+"""Topics and chunks across communities (docs/method.md#topics, docs/method.md#chunk-rows).
 
 ``fit_topics(db, communities)`` embeds every document of the selected communities
 together, reduces the embeddings (UMAP, as BERTopic does; PCA when umap-learn is
@@ -24,6 +24,7 @@ import numpy as np
 import sqlite_utils
 
 from .embed import EMBEDDERS, embed_documents
+from .errors import CciError
 from .store import UnknownCommunity, select_communities
 
 EXTRA_STOP_WORDS = {
@@ -38,7 +39,7 @@ EXTRA_STOP_WORDS = {
 }
 
 
-class TopicsError(Exception):
+class TopicsError(CciError):
     """The topic stage cannot run as asked (exit code 2); the message says why."""
 
 

@@ -66,6 +66,7 @@ def test_split_half_real_texts_are_indistinguishable(keto):
     assert abs(auc.value - 0.5) < 0.12 and auc.low < 0.5 < auc.high
 
 
+@pytest.mark.slow
 def test_the_embedded_model_is_told_apart(keto, generated):
     auc = real_vs_generated_auc(keto, generated)
     print(f"real vs embedded model AUC {auc}")

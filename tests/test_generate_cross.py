@@ -34,8 +34,10 @@ from cci_local.llm import Backend, BackendError, Completion, get_backend
 from cci_local.store import open_store
 from cci_local.topics import TopicParams, fit_topics
 
-VOCAB = sorted({w for w in re.findall(r"[a-z]{4,}", (CORPUS_2022 / "subr_keto.csv").read_text(
-    encoding="utf-8", errors="ignore").lower()) if not _REFERS_TO_SOURCE.search(w)})
+_KETO = CORPUS_2022 / "subr_keto.csv"
+VOCAB = sorted({w for w in re.findall(r"[a-z]{4,}", _KETO.read_text(
+    encoding="utf-8", errors="ignore").lower() if _KETO.is_file() else "")
+    if not _REFERS_TO_SOURCE.search(w)})
 
 
 def _words(seed: str, n: int) -> str:

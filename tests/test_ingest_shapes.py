@@ -9,15 +9,15 @@ import csv
 
 import orjson
 import pytest
-from conftest import CORPUS_POSTS, cci, read_csv_rows
+from conftest import CORPUS_POSTS, cci, shared_rows
 
 from cci_local.ingest import BadInput, FieldMap, ingest
 from cci_local.ingest.shapes import MappingError, community_from_path, expand
 from cci_local.store import open_store
 
-COMMENTS = [r["body"] for r in read_csv_rows(CORPUS_POSTS / "keto_comments.csv")
+COMMENTS = [r["body"] for r in shared_rows(CORPUS_POSTS / "keto_comments.csv")
             if len(r["body"].split()) >= 8][:60]
-POSTS = [(r["title"], r["selftext"]) for r in read_csv_rows(CORPUS_POSTS / "keto_subs.csv")
+POSTS = [(r["title"], r["selftext"]) for r in shared_rows(CORPUS_POSTS / "keto_subs.csv")
          if len(r["selftext"].split()) >= 8][:10]
 
 

@@ -70,6 +70,7 @@ def test_chat(db, backend):
     assert backend.remote is False  # loopback: nothing leaves the machine
 
 
+@pytest.mark.slow
 def test_structured_output_falls_back_to_what_the_server_takes(db, server, backend):
     # llama_cpp.server rejects OpenAI's json_schema response_format; json_object
     # with a schema works, and is remembered for this server.
@@ -118,6 +119,7 @@ def test_openai_needs_a_key_from_the_environment(monkeypatch):
     assert os.environ["OPENAI_API_KEY"] == SECRET
 
 
+@pytest.mark.slow
 def test_generate_with_a_server_teacher_in_parallel(tmp_path, server):
     """Community-Cross-Instruct rows through a real OpenAI-compatible server, two calls
     at a time; the server's 4096-token context is given with --context."""

@@ -116,6 +116,7 @@ def test_the_embedded_model_answers_and_nothing_is_asked_twice(db, wc):
     backend.close()
 
 
+@pytest.mark.slow
 def test_psychometrics_command_without_adapters(tmp_path):
     from cci_local.store import ensure_community
 

@@ -199,6 +199,7 @@ def test_run_ingests_only_the_communities_asked_for(tmp_path):
     assert read == {"keto_comments.csv", "mixed.csv"}
 
 
+@pytest.mark.slow
 def test_with_nothing_local_run_collects_from_arctic_shift_then_ingests(tmp_path):
     """The last resort: no corpus, no dumps, no documents: `run` fetches the community
     through the Arctic Shift API (here its loopback stand-in, tests/arctic_standin.py),

@@ -28,6 +28,7 @@ def fitted(tmp_path_factory):
     return db, summary
 
 
+@pytest.mark.slow
 def test_recognisable_topics(fitted):
     _, summary = fitted
     assert len(summary.topics) >= 5

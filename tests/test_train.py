@@ -86,6 +86,7 @@ def _torch_delta(model, tokenizer, question):
     return adapted - base, adapted
 
 
+@pytest.mark.slow
 def test_gguf_adapter_agrees_with_torch(trained, torch_model, tmp_path):
     model, tokenizer = torch_model
     base = LlamaCppBackend(embedded_model_path(), n_ctx=2048)
@@ -116,6 +117,7 @@ def test_gguf_adapter_agrees_with_torch(trained, torch_model, tmp_path):
     assert np.mean(wrong) < np.mean(right)
 
 
+@pytest.mark.slow
 def test_adapter_moves_the_model_toward_the_community(trained):
     db = trained["db"]
     held_out = db.execute(
@@ -137,6 +139,7 @@ def test_adapter_moves_the_model_toward_the_community(trained):
     assert per_token["adapted"] > per_token["base"] + 0.05
 
 
+@pytest.mark.slow
 def test_adapter_is_registered_with_its_curve_and_modelfile(trained):
     import gguf
 
@@ -169,6 +172,7 @@ def test_adapter_is_registered_with_its_curve_and_modelfile(trained):
     assert "already trained" in again.stdout
 
 
+@pytest.mark.slow
 def test_training_errors_say_what_to_do(trained):
     no_pairs = cci("train", "keto", db=trained["db_path"], check=False)
     assert no_pairs.returncode == 2
@@ -265,6 +269,7 @@ def test_mlx_trainer_smoke_run_exports_a_loadable_adapter(trained):
     assert np.abs(adapted - base).max() > 1e-3  # llama.cpp applies it
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_plan_and_trains_nothing(trained):
     before = trained["db"].execute("SELECT count(*) FROM adapters").fetchone()[0]
     result = cci("train", "keto", "--kind", "template", "--max-examples", "32", "--batch-size",

@@ -1,2 +1,3 @@
-"""Evaluation stages: survey administration, fidelity and psychometrics (DESIGN 2.1 step 6,
-2.2).  ``metrics`` holds the statistics they share."""
+"""Evaluation stages: survey administration, fidelity and psychometrics
+(docs/method.md#survey, docs/method.md#fidelity, docs/method.md#psychometrics).
+``metrics`` holds the statistics they share."""

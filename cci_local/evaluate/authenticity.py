@@ -1,4 +1,4 @@
-"""Does generated text read like the community's own?  (DESIGN 2.2, authenticity.)
+"""Does generated text read like the community's own?  (See docs/method.md#authenticity.)
 
 - ``screen``: the paper's filter before scoring: near-copies of real texts
   (max ROUGE-L >= 0.7), exact duplicates, and gibberish (perplexity over a cap);

@@ -1,4 +1,5 @@
-"""Emotional tone of a set of texts, and how far two sets are apart (DESIGN 2.2).
+"""Emotional tone of a set of texts, and how far two sets are apart
+(docs/method.md#emotion-and-sentiment).
 
 Emotions come from the NRC Emotion Lexicon (Mohammad & Turney; free for
 research), shipped inside the ``nrclex`` package and used offline with our own

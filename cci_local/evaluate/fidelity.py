@@ -1,4 +1,4 @@
-"""Fidelity: does the aligned model write like the community?  (DESIGN 2.2.)
+"""Fidelity: does the aligned model write like the community?  (See docs/method.md#fidelity.)
 
 ``run_fidelity(db, community)`` samples answers from the aligned model, the base
 model and the persona-prompted base to the community's held-out open-ended

@@ -1,5 +1,5 @@
 """Psychometric instruments: the file format, the item bank, and scoring like a human
-respondent (DESIGN 2.2, psychometrics).
+respondent (docs/method.md#instruments, docs/method.md#human-like-scoring).
 
 An instrument is a TOML file::
 
@@ -59,7 +59,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..store import StoreError
+from ..errors import CciError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -71,7 +71,7 @@ OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt,
        "==": operator.eq}
 
 
-class InstrumentError(StoreError):
+class InstrumentError(CciError):
     pass
 
 

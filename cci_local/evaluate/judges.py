@@ -1,4 +1,4 @@
-"""Toxicity and harm scorers for the fidelity stage.  (DESIGN 2.2.)
+"""Toxicity and harm scorers for the fidelity stage.  (See docs/method.md#toxicity-and-harm-judges.)
 
 Toxicity: Detoxify when the user points to a local checkpoint (it cannot download
 here), else an LLM judge with the fixed rubric below.  Harm: an LLM judge with a

@@ -1,4 +1,4 @@
-"""Survey metrics with 95% bootstrap confidence intervals (DESIGN 4, last bar).
+"""Survey metrics with 95% bootstrap confidence intervals (docs/method.md#confidence-intervals).
 
 Plain functions over plain arrays, so the survey stage, the fidelity stage and
 the report share them:

@@ -1,5 +1,5 @@
 """Administering a psychometric instrument to models and scoring them like human
-respondents (DESIGN 2.2, psychometrics).
+respondents (docs/method.md#psychometrics).
 
 Each item is put once per persona prefix of the instrument's pool (and
 ``repeats`` times where answers are sampled): choice items are read from option

@@ -1,4 +1,4 @@
-"""Administering a multiple-choice question to a model (DESIGN 2.1 step 6).
+"""Administering a multiple-choice question to a model (docs/method.md#survey).
 
 The answer is read from the option log-probabilities in one forward pass: the
 whole distribution over the letters is kept, and the chosen option is its most
@@ -14,11 +14,12 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import sqlite_utils
 
 from ..llm import Backend, NoLogprobs, Sampling, chat, option_logprobs
+from .items import Item
 from .metrics import (
     Estimate,
     accuracy,
@@ -97,22 +98,6 @@ def ask(db: sqlite_utils.Database, backend: Backend, messages: list[dict],
         counts[reply.data["answer"]] += 1
     distribution = {k: v / samples for k, v in counts.items()}
     return Answer(_choice(distribution), distribution, "sampled")
-
-
-@dataclass
-class Item:
-    key: str  # 'commsurvey:<instruction id>' or '<file hash>:<item id>'
-    question: str
-    options: dict[str, str]
-    answers: dict[str, str]  # community -> its letter (the answer key)
-    topic: str | None = None  # a label, for the per-topic breakdown
-    instruction_id: int | None = None
-    distributions: dict[str, dict[str, float]] = field(default_factory=dict)  # community ->
-    ordinal: bool = True  # options are ordered (representativeness uses their positions)
-
-    @property
-    def discriminating(self) -> bool:
-        return len(set(self.answers.values())) > 1
 
 
 def commsurvey_items(db: sqlite_utils.Database, communities: list[str],

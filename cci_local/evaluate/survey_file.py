@@ -32,15 +32,16 @@ from pathlib import Path
 
 import sqlite_utils
 
-from ..store import StoreError, normalise_community
-from .survey import Item
+from ..errors import CciError
+from ..store import normalise_community
+from .items import Item
 
 RESERVED = ("id", "question", "options", "topic", "ordinal")
 TRUE, FALSE = {"", "yes", "y", "true", "1"}, {"no", "n", "false", "0"}
 MAX_ERRORS = 20
 
 
-class SurveyFileError(StoreError):
+class SurveyFileError(CciError):
     pass
 
 

@@ -1,4 +1,4 @@
-"""Instruction data, the generate stage (DESIGN 2.1 step 4 and 2.2).
+"""Instruction data, the generate stage (docs/method.md#generate).
 
 Two ways to make it, both writing ``instructions`` and ``community_answers``:
 

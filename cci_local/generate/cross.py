@@ -1,4 +1,5 @@
-"""Community-Cross-Instruct: a teacher writes CommInst and CommSurvey (DESIGN 2.1 step 4).
+"""Community-Cross-Instruct: a teacher writes CommInst and CommSurvey
+(docs/method.md#the-cross-step).
 
 ``cross_instruct(db, communities, teacher)`` puts every chunk row of the latest
 topic run to the teacher once: the topic's keywords and each community's
@@ -28,9 +29,10 @@ from dataclasses import dataclass, field
 
 import sqlite_utils
 
+from ..errors import CciError
 from ..llm import Backend, BackendError, InvalidOutput, Request, Sampling, chat_many
 from ..llm.cache import identity
-from ..store import StoreError, select_communities
+from ..store import select_communities
 from .rows import Checked, check_row, row_schema
 from .splits import ensure_holdout
 
@@ -39,7 +41,7 @@ SYSTEM = ("You help social scientists survey online communities. You write inter
           "questions and answer them the way each community's own members would.")
 
 
-class GenerateError(StoreError):
+class GenerateError(CciError):
     """Generation cannot start as asked (no topics, unknown community): bad input."""
 
 

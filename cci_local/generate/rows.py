@@ -1,5 +1,5 @@
 """One teacher reply for a chunk row: the JSON schema it must match and the checks
-that decide which of its questions are kept (DESIGN 2.1 step 4)."""
+that decide which of its questions are kept (docs/method.md#question-checks)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Instruction data: template pairs from real posts (DESIGN 2.2).
+"""Instruction data: template pairs from real posts (docs/method.md#template-pairs).
 
 ``template_pairs(db)`` turns each real post into the answer to an instruction
 drawn from a pool of paraphrased templates ("If you were in the online community

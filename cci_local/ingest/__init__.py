@@ -34,6 +34,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from ..errors import CciError
 from ..store import ensure_community, normalise_community, pseudonym_key
 from .clean import CleanOptions, Pseudonymiser
 from .readers import (
@@ -61,7 +62,7 @@ MAX_STORED_ERRORS = 1000  # per source, in ingest_errors
 SHOWN_ERRORS = 5
 
 
-class BadInput(Exception):
+class BadInput(CciError):
     """Input the user must fix (exit code 2); what was stored before stays stored."""
 
 

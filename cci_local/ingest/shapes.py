@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from ..errors import CciError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -67,7 +69,7 @@ def match_columns(names: list[str]) -> dict[str, int]:
     return columns
 
 
-class MappingError(ValueError):
+class MappingError(CciError, ValueError):
     """The field map is unusable (a mapped column is missing, a bad mapping file)."""
 
 

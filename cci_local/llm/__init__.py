@@ -20,10 +20,11 @@ from .cache import (
     chat_stream,
     option_logprobs,
 )
-from .registry import UnknownModel, get_backend, load_registry
+from .registry import UnknownModel, default_model, get_backend, load_registry
 
 __all__ = [
     "USAGE", "Backend", "BackendError", "Completion", "InvalidOutput", "NoLogprobs", "Reply",
-    "Request", "Sampling", "UnknownModel", "chat", "chat_many", "chat_stream", "get_backend",
+    "Request", "Sampling", "UnknownModel", "chat", "chat_many", "chat_stream", "default_model",
+    "get_backend",
     "load_registry", "option_logprobs",
 ]

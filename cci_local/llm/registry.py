@@ -23,6 +23,8 @@ FORMS = ("embedded", "gguf:/path/file.gguf", "ollama:NAME", "openai:NAME",
 class UnknownModel(BackendError):
     """A MODEL name that is neither a registry entry nor a backend form (bad usage)."""
 
+    exit_code = 2  # a name to fix, not a failure
+
 
 @dataclass
 class Entry:
@@ -69,6 +71,13 @@ def load_registry() -> Registry:
             entries[name] = Entry(name, spec["model"], spec.get("description", ""),
                                   list(spec.get("roles", [])), options)
     return Registry(entries, defaults, files)
+
+
+def default_model(role: str, given: str | None = None) -> str:
+    """The MODEL a stage uses for ``role`` (teacher, base, judge): ``given`` (an option
+    the user set), else the registry's default for the role.  The one place defaults
+    are resolved."""
+    return given or load_registry().default(role)[0]
 
 
 def resolve(name: str, registry: Registry | None = None) -> tuple[str, dict]:

@@ -1,4 +1,4 @@
-"""The train stage: a LoRA adapter per community (DESIGN 2.1 step 5, 3 Training).
+"""The train stage: a LoRA adapter per community (docs/method.md#train).
 
 ``train(db, community)`` reads the community's training pairs (CommInst answers
 of the train split by default; template pairs with ``kinds``), trains a LoRA
@@ -22,13 +22,14 @@ from pathlib import Path
 
 import sqlite_utils
 
-from ..store import StoreError, find_community
+from ..errors import CciError
+from ..store import find_community
 from .data import data_hash, encode, training_pairs
 from .gguf_lora import gguf_tensors, modelfile, read_gguf_arch, write_gguf_lora
 from .peft_trainer import TrainConfig, add_lora, pick_device, train_lora
 
 
-class TrainError(StoreError):
+class TrainError(CciError):
     """Training cannot start as asked (no data, unknown community, base not local)."""
 
 
@@ -140,7 +141,7 @@ def plan(db: sqlite_utils.Database, community: str, base: str = "embedded",
          config: TrainConfig | None = None, *, kinds: tuple[str, ...] = ("open",),
          max_examples: int | None = None):
     """What ``train`` would do, and a memory estimate, without loading the model."""
-    from .plan import make_plan, model_shape
+    from .estimate import make_plan, model_shape
 
     config = config or TrainConfig()
     _, pairs = _pairs(db, community, kinds, max_examples, config.seed)
@@ -224,6 +225,15 @@ def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
     return _adapter(db, "id = ?", adapter_id) | {"reused": False}
 
 
+def list_adapters(db: sqlite_utils.Database) -> list[dict]:
+    """Every adapter in the store, by community then age: community, base, status, steps,
+    total_steps, final_loss, examples, path, gguf, modelfile."""
+    columns = ("community", "base", "status", "steps", "total_steps", "final_loss",
+               "examples", "path", "gguf", "modelfile")
+    return [dict(zip(columns, row, strict=True)) for row in db.execute(
+        f"SELECT {', '.join(columns)} FROM adapters ORDER BY community, id")]
+
+
 def _adapter(db, where: str, value) -> dict | None:
     cur = db.execute(f"SELECT * FROM adapters WHERE {where}", [value])
     row = cur.fetchone()
@@ -252,5 +262,5 @@ def export(model, state: dict, base: Base, config: TrainConfig, out: Path) -> di
     return {"gguf": gguf_path, "modelfile": mf}
 
 
-__all__ = ["TRAINERS", "Base", "TrainConfig", "TrainError", "adapters_dir", "export", "plan",
-           "resolve_base", "train"]
+__all__ = ["TRAINERS", "Base", "TrainConfig", "TrainError", "adapters_dir", "export",
+           "list_adapters", "plan", "resolve_base", "train"]

@@ -1,0 +1,141 @@
+"""What every command shares: the consoles, the store context, option decorators,
+progress bars and small printers.  Commands raise ``CciError`` (cci_local/errors.py)
+for anything the user must fix; the group in cci_local/cli.py prints it and exits
+with its code, in one place."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime, timezone
+
+import click
+from rich.console import Console
+from rich.progress import ProgressColumn
+from rich.text import Text
+
+from ..errors import CciError
+from ..store import StoreError, open_store, resolve_path
+
+# Piped output (logs, scripts, CI) gets 120 columns instead of Rich's 80, so that
+# tables of file names stay readable; a terminal or $COLUMNS decides otherwise.
+_WIDTH = None if os.environ.get("COLUMNS") or sys.stdout.isatty() else 120
+console = Console(stderr=True, width=_WIDTH)  # progress, notes, warnings, errors
+out = Console(width=_WIDTH)  # results
+
+
+class Context:
+    """The click context object: the store, opened on first use."""
+
+    def __init__(self, db_path):
+        self.db_path = resolve_path(db_path)
+        self._db = None
+
+    @property
+    def db(self):
+        if self._db is None:
+            try:
+                self._db = open_store(self.db_path)
+            except StoreError as e:
+                raise click.ClickException(str(e)) from e
+        return self._db
+
+
+def fail(message: str, code: int = 2):
+    """Stop the command with an error message (2: bad usage or input; 1: the work failed)."""
+    error = CciError(message)
+    error.exit_code = code
+    raise error
+
+
+def note(text: str) -> None:
+    out.print(f"note: {text}", style="dim", highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- options
+
+
+def seed_option(f):
+    return click.option("--seed", type=int, default=0, show_default=True)(f)
+
+
+def json_option(what: str = "the results"):
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")
+
+
+def base_option(help: str = "The base MODEL (default: the registry's base)."):
+    return click.option("--base", help=help)
+
+
+def communities_argument(required: bool = False):
+    return click.argument("communities", nargs=-1, required=required)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class PerMinute(ProgressColumn):
+    def render(self, task) -> Text:
+        rate = 60 * task.completed / task.elapsed if task.elapsed else 0
+        return Text(f"{rate:,.1f}/min", style="progress.data.speed")
+
+
+class DocsPerSecond(ProgressColumn):
+    def render(self, task) -> Text:
+        rate = task.completed / task.elapsed if task.elapsed else 0
+        return Text(f"{rate:,.0f} docs/s", style="progress.data.speed")
+
+
+def progress_bar(label: str):
+    """A Rich progress display on stderr with count, rate, elapsed time and ETA."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn(label), BarColumn(bar_width=24), MofNCompleteColumn(),
+                    PerMinute(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    console=console, disable=not console.is_terminal)
+
+
+def advance(bar, task):
+    """The progress callback stages take: ("total", n), ("phase", (label, n)), or n done."""
+    def progress(kind, n):
+        if kind == "total":
+            bar.update(task, total=n)
+        elif kind == "phase":  # a new stage of the same job: (description, total)
+            bar.reset(task, description=n[0], total=n[1])
+        else:
+            bar.advance(task, n)
+    return progress
+
+
+def staged(label: str, task_name: str, work):
+    """Run ``work(progress)`` under a progress bar; its result."""
+    bar = progress_bar(label)
+    with bar:
+        task = bar.add_task(task_name, total=None)
+        return work(advance(bar, task))
+
+
+# --------------------------------------------------------------------------- printers
+
+
+def ci(est) -> str:
+    """An estimate with its 95% interval, or '-' when there is none."""
+    if not est.n:
+        return "-"
+    return f"{est.value:.3f} [{est.low:.2f}, {est.high:.2f}]"
+
+
+def date(utc) -> str:
+    return datetime.fromtimestamp(utc, timezone.utc).strftime("%Y-%m-%d") if utc else ""
+
+
+def interrupted(message: str) -> None:
+    console.print(f"[yellow]interrupted:[/yellow] {message}", highlight=False, soft_wrap=True)
+    sys.exit(130)

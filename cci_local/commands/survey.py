@@ -1,0 +1,153 @@
+"""`cci-local survey`: a survey administered to base, persona and aligned respondents,
+scored against each community's answers.  The stage itself: cci_local/evaluate/survey.py."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich import box
+from rich.table import Table
+
+from ..store import save_result
+from .common import (
+    base_option,
+    ci,
+    communities_argument,
+    fail,
+    json_option,
+    out,
+    staged,
+)
+
+
+@click.command(name="survey")
+@communities_argument()
+@click.option("--survey", "survey_file", type=click.Path(dir_okay=False),
+              help="A survey FILE of your own (CSV or JSON: question, options, each "
+                   "community's answer letter or distribution) instead of CommSurvey.")
+@base_option()
+@click.option("--split", "split_by", type=click.Choice(["random", "topic"]), default="random",
+              show_default=True, help="Held-out chunk rows, or held-out (unseen) topics.")
+@click.option("--scoring", type=click.Choice(["letter", "text"]), default="letter",
+              show_default=True, help="Score each option's letter as the reply (the paper's "
+              "way), or its whole text (for small models that cannot map letters).")
+@click.option("--no-persona", is_flag=True, help="Leave out the persona-prompted base.")
+@click.option("--no-aligned", is_flag=True, help="Leave out the communities' adapters.")
+@click.option("--persona-text", default=None, metavar="TEXT",
+              help="The persona system prompt; {community} is replaced.  [default: "
+                   "'You are a member of the online community r/{community}. ...']")
+@click.option("--question-template", default=None, metavar="TEXT",
+              help="How a question is put: must contain {question} and {options}.")
+@click.option("--samples", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Sampled answers per question where a backend has no log-probabilities.")
+@json_option("the results")
+@click.pass_obj
+def survey_cmd(obj, communities, survey_file, base, split_by, scoring, no_persona, no_aligned,
+               persona_text, question_template, samples, as_json):
+    """Administer a survey to the base model, the persona-prompted base and each
+    community's aligned model: the held-out CommSurvey of COMMUNITIES (default: all),
+    or with --survey a file of your own.  Answers are stored; a re-run asks nothing twice."""
+    from ..evaluate.survey import PERSONA, QUESTION, run_survey
+    from ..evaluate.survey_file import load_survey, survey_communities
+    from ..llm import default_model
+    from ..store import normalise_community, select_communities
+
+    template = question_template or QUESTION
+    persona_text = persona_text or PERSONA
+    for field, text, needs in (("--question-template", template, ("question", "options")),
+                               ("--persona-text", persona_text, ())):
+        try:
+            text.format(question="", options="", community="")
+        except (KeyError, IndexError, ValueError) as e:
+            fail(f"{field}: only {{question}}, {{options}} and {{community}} can be "
+                  f"replaced ({type(e).__name__}: {e})")
+        missing = [n for n in needs if "{" + n + "}" not in text]
+        if missing:
+            fail(f"{field} must contain " + " and ".join("{" + n + "}" for n in missing))
+    survey_id = None
+    if survey_file:
+        survey_id = load_survey(obj.db, survey_file)
+        known = survey_communities(obj.db, survey_id)
+        names = [normalise_community(c) for c in communities] or known
+        unknown = [c for c in names if c not in known]
+        if unknown:
+            fail(f"{survey_file} has no answers for " + ", ".join(f"r/{c}" for c in unknown)
+                 + " (it has " + ", ".join(f"r/{c}" for c in known) + ")")
+    else:
+        names = select_communities(obj.db, list(communities) or None)
+    base = default_model("base", base)
+    result = staged("survey", "questions", lambda progress: run_survey(
+        obj.db, names, base, split_by=split_by, survey_id=survey_id, persona=not no_persona,
+        aligned=not no_aligned, persona_text=persona_text, template=template, scoring=scoring,
+        samples=samples, progress=progress))
+    data = result.as_dict(names)
+    save_result(obj.db, "survey", names, {"base": base, "split": split_by, "scoring": scoring,
+                                          "survey": survey_file}, data)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for note in result.notes:
+        out.print(f"note: {note}", style="dim", highlight=False, soft_wrap=True)
+    if result.items:
+        _survey_tables(result, names)
+
+
+def _survey_tables(result, names: list[str]) -> None:
+    from ..evaluate.metrics import majority_baseline, random_baseline
+    from ..evaluate.survey import respondents
+
+    with_dists = any(it.distributions for it in result.items)
+    table = Table(box=box.SIMPLE_HEAD, title=f"survey accuracy: {result.source}, "
+                  f"{result.scoring} scoring, 95% bootstrap CI", title_justify="left")
+    columns = ["answer key", "respondent", "questions", "accuracy", "discriminating only"]
+    for name in columns + (["representativeness"] if with_dists else []):
+        table.add_column(name, justify="right" if name == "questions" else "left")
+    for c in names:
+        key = result.key(c)
+        if not key:
+            continue
+        for respondent in respondents(c):
+            if respondent in result.answers:
+                est = result.scores(respondent, c)
+                disc = result.scores(respondent, c, discriminating_only=True)
+                extra = [ci(result.representativeness(respondent, c))] if with_dists else []
+                table.add_row(f"r/{c}", respondent, f"{est.n}", ci(est), ci(disc), *extra)
+        chance = random_baseline([len(it.options) for it in result.items if c in it.answers])
+        table.add_row(f"r/{c}", "majority letter", f"{len(key)}",
+                      ci(majority_baseline(list(key.values()))), "", style="dim")
+        table.add_row(f"r/{c}", "random", f"{len(key)}", f"{chance:.3f}", "", style="dim")
+        for other in names:
+            if with_dists and other != c and result.between(c, other).n:
+                table.add_row(f"r/{c}", f"r/{other}'s real answers", "", "", "",
+                              ci(result.between(c, other)), style="dim")
+    out.print(table)
+    topics = {c: result.topics(c) for c in names}
+    if any(topics.values()):
+        shown = [r for r in ("base", "persona", "aligned")
+                 if any(r == k.split(":")[0] for k in result.answers)]
+        table = Table(box=box.SIMPLE_HEAD, title="accuracy per topic, 95% bootstrap CI",
+                      title_justify="left")
+        for name in ["answer key", "topic", "questions", *shown]:
+            table.add_column(name, justify="right" if name == "questions" else "left")
+        for c in names:
+            for t in topics[c]:
+                cells = {r: result.scores(r if r == "base" else f"{r}:{c}", c, topic=t)
+                         for r in shown}
+                n = max(e.n for e in cells.values())
+                table.add_row(f"r/{c}", t, f"{n}", *[ci(cells[r]) for r in shown])
+        out.print(table)
+    for kind in ("aligned", "persona"):
+        matrix = result.matrix(names, kind)
+        if len(matrix) < 2:
+            continue
+        table = Table(box=box.SIMPLE_HEAD, title=f"cross-community matrix ({kind}): rows "
+                      "answer, columns are the answer keys", title_justify="left")
+        table.add_column("model")
+        for c in names:
+            table.add_column(f"key r/{c}")
+        for row, cells in matrix.items():
+            best = max(cells, key=lambda c: cells[c].value if cells[c].n else -1)
+            table.add_row(row, *[(f"[bold]{ci(cells[c])}[/bold]" if c == best else ci(cells[c]))
+                                 for c in names])
+        out.print(table)

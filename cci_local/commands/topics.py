@@ -1,0 +1,84 @@
+"""`cci-local topics`: topics fitted jointly over the communities, and chunk rows.
+The stage itself: cci_local/topics.py."""
+
+from __future__ import annotations
+
+import click
+from rich import box
+from rich.table import Table
+
+from .common import DocsPerSecond, advance, communities_argument, console, out, seed_option
+
+
+@click.command()
+@communities_argument()
+@click.option("--embedder", type=click.Choice(["wordllama", "tfidf", "minilm"]),
+              default="wordllama", show_default=True)
+@click.option("--reducer", type=click.Choice(["umap", "pca"]), default="umap", show_default=True)
+@click.option("--min-cluster-size", type=click.IntRange(min=2),
+              help="HDBSCAN's minimum topic size (default: 40, scaled down for small corpora).")
+@click.option("--topics", "n_topics", type=click.IntRange(min=2),
+              help="Ask for this many topics (KMeans) instead of letting HDBSCAN find them.")
+@click.option("--keywords", "n_keywords", type=click.IntRange(min=1), default=10,
+              show_default=True)
+@click.option("--chunk-docs", nargs=2, type=click.IntRange(min=1), default=(30, 50),
+              show_default=True, help="Documents per community per chunk: MIN MAX.")
+@click.option("--max-chunks", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Chunk rows per topic at most.")
+@click.option("--min-communities", type=click.IntRange(min=1),
+              help="Communities a chunk row needs (default: 80% of them, as in the paper).")
+@seed_option
+@click.option("--force", is_flag=True, help="Refit even if these settings were fitted before.")
+@click.pass_obj
+def topics(obj, communities, embedder, reducer, min_cluster_size, n_topics, n_keywords,
+           chunk_docs, max_chunks, min_communities, seed, force):
+    """Fit topics jointly over COMMUNITIES (default: all) and cut chunk rows."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from ..topics import TopicParams, fit_topics
+
+    params = TopicParams(embedder=embedder, reducer=reducer, min_cluster_size=min_cluster_size,
+                         n_topics=n_topics, n_keywords=n_keywords, chunk_min_docs=chunk_docs[0],
+                         chunk_max_docs=max(chunk_docs), max_chunks=max_chunks,
+                         min_communities=min_communities, seed=seed)
+    columns = (TextColumn("embedding"), BarColumn(bar_width=24), MofNCompleteColumn(),
+               DocsPerSecond(), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task("embed", total=None)
+        summary = fit_topics(obj.db, list(communities) or None, params, force=force,
+                             progress=advance(bar, task))
+    _print_topics(summary)
+
+
+def _print_topics(summary) -> None:
+    names = list(summary.topics[0]["communities"]) if summary.topics else []
+    table = Table(box=box.SIMPLE_HEAD, title=f"topics (run {summary.run_id})",
+                  title_justify="left")
+    table.add_column("topic", justify="right")
+    table.add_column("keywords", overflow="fold")
+    table.add_column("size", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    table.add_column("chunk rows", justify="right")
+    for t in summary.topics:
+        total = sum(t["communities"].values()) or 1
+        shares = [f"{100 * t['communities'][n] / total:.0f}%" for n in names]
+        table.add_row(str(t["topic"]), ", ".join(t["keywords"][:8]), f"{t['size']:,}", *shares,
+                      str(t["chunk_rows"]))
+    out.print(table)
+    sil = (f"; silhouette {summary.silhouette:.2f} (shuffled topics: "
+           f"{summary.silhouette_shuffled:.2f})" if summary.silhouette is not None else "")
+    out.print(f"{len(summary.topics)} topics over {summary.n_documents:,} documents; "
+              f"{summary.n_outliers:,} outliers dropped{sil}; "
+              f"{sum(t['chunk_rows'] for t in summary.topics)} chunk rows", highlight=False)
+    for note in summary.notes:
+        out.print(f"note: {note}", style="dim", highlight=False, soft_wrap=True)
+    if summary.reused:
+        out.print("already fitted with these documents and settings (--force refits)",
+                  style="dim", highlight=False)

@@ -1,0 +1,119 @@
+"""`cci-local train`: a community's LoRA adapter, exported as a GGUF adapter.
+The stage itself: cci_local/train/."""
+
+from __future__ import annotations
+
+import click
+from rich import box
+from rich.table import Table
+
+from .common import console, interrupted, out, progress_bar, seed_option
+
+
+@click.command(name="train")
+@click.argument("community")
+@click.option("--base", help="The base MODEL: a GGUF (embedded, gguf:PATH, a registry name) or a "
+              "Hugging Face folder (default: the registry's base).")
+@click.option("--trainer", type=click.Choice(["peft", "mlx"]), default="peft", show_default=True,
+              help="peft: PyTorch (CPU, CUDA, MPS); mlx: mlx-lm (Apple silicon).")
+@click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps (overrides --epochs).")
+@click.option("--epochs", type=click.FloatRange(min=0.01), default=3.0, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4,
+              show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Examples per optimizer step.")
+@click.option("--micro-batch", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Examples per forward pass (gradient accumulation makes up the rest).")
+@click.option("--rank", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=32.0,
+              show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 1), default=0.05, show_default=True)
+@click.option("--target", "targets", multiple=True,
+              help="Module to adapt (repeatable; default: every linear layer of a block).")
+@click.option("--max-len", type=click.IntRange(min=16), default=2048, show_default=True)
+@click.option("--kind", "kinds", type=click.Choice(["open", "template"]), multiple=True,
+              help="Training pairs: open (CommInst, the default), template, or both.")
+@click.option("--max-examples", type=click.IntRange(min=1), help="Train on a seeded sample.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps.")
+@click.option("--4bit", "four_bit", is_flag=True, help="4-bit base weights (CUDA only).")
+@click.option("--grad-checkpoint/--no-grad-checkpoint", default=None,
+              help="Recompute activations in the backward pass: much less memory, ~30% slower "
+              "(default: on for CUDA, off on CPU).")
+@seed_option
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan and a memory estimate; train nothing.")
+@click.pass_obj
+def train_cmd(obj, community, base, trainer, steps, epochs, lr, batch_size, micro_batch, rank,
+              alpha, dropout, targets, max_len, kinds, max_examples, checkpoint_every, device,
+              four_bit, grad_checkpoint, seed, dry_run):
+    """Train COMMUNITY's LoRA adapter and export it as a GGUF adapter (llama.cpp, Ollama).
+
+    Resumes a killed run from its last checkpoint; a finished run with the same
+    data and settings is reused.
+    """
+    from ..llm import default_model
+    from ..train import TrainConfig, plan, train
+
+    config = TrainConfig(rank=rank, alpha=alpha, dropout=dropout, lr=lr, epochs=epochs,
+                         steps=steps, batch_size=batch_size, micro_batch=micro_batch,
+                         max_len=max_len, seed=seed, checkpoint_every=checkpoint_every,
+                         device=device, load_in_4bit=four_bit,
+                         gradient_checkpointing=grad_checkpoint,
+                         target_modules=tuple(targets) or TrainConfig.target_modules)
+    base = default_model("base", base)
+    kinds = tuple(kinds) or ("open",)
+    if dry_run:
+        _print_plan(plan(obj.db, community, base, config, kinds=kinds,
+                         max_examples=max_examples), base, trainer, config)
+        return
+    bar = progress_bar("training")
+    state = {}
+
+    def on_step(point):
+        if "task" not in state:
+            state["task"] = bar.add_task("steps", total=point["total"],
+                                         completed=point["step"] - 1)
+        bar.update(state["task"], completed=point["step"],
+                   description=f"loss {point['loss']:.3f}, {point['tokens_per_s']:,.0f} tok/s")
+        if not console.is_terminal and point["step"] % max(1, point["total"] // 10) == 0:
+            console.print(f"step {point['step']}/{point['total']}: loss {point['loss']:.3f}, "
+                          f"{point['tokens_per_s']:,.0f} tokens/s", highlight=False)
+
+    try:
+        with bar:
+            row = train(obj.db, community, base, config, trainer=trainer, kinds=kinds,
+                        max_examples=max_examples, on_step=on_step)
+    except KeyboardInterrupt:
+        interrupted("run the same command again to continue from the last checkpoint")
+    verb = "already trained" if row["reused"] else "trained"
+    out.print(f"r/{row['community']}: {verb} on {row['examples']:,} examples, {row['steps']} "
+              f"steps, final loss {row['final_loss']:.3f}", highlight=False)
+    out.print(f"adapter:   {row['gguf']}", highlight=False, soft_wrap=True)
+    out.print(f"Modelfile: {row['modelfile']}  (ollama create {row['community']}-cci -f "
+              f"{row['modelfile']})", highlight=False, soft_wrap=True)
+
+
+def _print_plan(p, base, trainer, config) -> None:
+    table = Table(box=box.SIMPLE_HEAD, title="training plan (nothing trained)",
+                  title_justify="left", show_header=False)
+    table.add_column("")
+    table.add_column("", overflow="fold")
+    s = p.shape
+    rows = [
+        ("base", f"{base}: {s.params / 1e9:.2f}B parameters, {s.layers} layers, hidden "
+                 f"{s.hidden}, vocabulary {s.vocab:,}"),
+        ("trainer", f"{trainer} on {p.device}, weights {p.dtype}"),
+        ("data", f"{p.examples:,} examples, ~{p.answer_tokens:,} answer tokens, longest "
+                 f"~{p.longest:,} tokens (max {config.max_len:,})"),
+        ("steps", f"{p.steps:,} optimizer steps of {config.batch_size} examples "
+                  f"({p.accumulation} micro-batches of {config.micro_batch})"),
+        ("LoRA", f"rank {config.rank}, alpha {config.alpha:g}, dropout {config.dropout:g} on "
+                 f"{', '.join(config.target_modules)}: {p.lora_params / 1e6:.2f}M parameters"),
+        ("schedule", f"AdamW lr {config.lr:g}, cosine, {config.warmup:.0%} warm-up"),
+    ]
+    rows += [(f"memory: {k}", f"{v:.2f} GiB") for k, v in p.memory.items()]
+    rows.append(("memory: total (estimate)", f"{p.total_gib:.2f} GiB"))
+    for k, v in rows:
+        table.add_row(k, v)
+    out.print(table)
