@@ -21,21 +21,14 @@ from dataclasses import dataclass, field
 import sqlite_utils
 
 from .errors import CciError
-from .llm import Backend, BackendError, Sampling, chat_stream, get_backend
+from .llm import BackendError, Sampling, chat_stream
+from .respondents import Respondent, panel
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 class AskError(CciError):
     """The question cannot be put as asked: the message says what to do."""
-
-
-@dataclass
-class Respondent:
-    label: str  # aligned:keto, base, persona:keto
-    backend: Backend
-    system: str | None = None
-    adapter: str | None = None  # the GGUF adapter's path
 
 
 @dataclass
@@ -74,40 +67,10 @@ def parse_options(text: str | None = None, lines: list[str] | None = None) -> di
 def respondents(db: sqlite_utils.Database, communities: list[str], base: str, *,
                 include_base: bool = False, persona: bool = False) -> list[Respondent]:
     """Each community's aligned model, then (if asked) the base and the personas.
-    Raises AskError naming the command to run when a community has no adapter, or
+    Raises NoAdapter naming the command to run when a community has no adapter, or
     when the base cannot load adapters (a remote server)."""
-    from .evaluate.survey import PERSONA, aligned_backend
-    from .train import TrainError, resolve_base
-
-    try:
-        resolved = resolve_base(base)
-    except TrainError as e:
-        modelfiles = [m for (m,) in db.execute(
-            "SELECT modelfile FROM adapters WHERE status = 'done' AND modelfile IS NOT NULL"
-            " ORDER BY id DESC")]
-        hint = (f" Training wrote an Ollama Modelfile per community (e.g. {modelfiles[0]}): "
-                "`ollama create NAME -f MODELFILE`, then `cci-local prompt ollama:NAME ...`."
-                if modelfiles else "")
-        raise AskError(f"{base} cannot load a community's LoRA adapter here ({e}).{hint}") \
-            from e
-    if resolved.gguf is None:
-        raise AskError(f"{base} is a Hugging Face folder: `ask` runs GGUF models with their "
-                       "GGUF adapters; pass --base embedded or --base gguf:PATH")
-    out = []
-    for c in communities:
-        adapted = aligned_backend(db, c, base)
-        if adapted is None:
-            raise AskError(f"r/{c} has no adapter on {base}: train it with `cci-local train "
-                           f"r/{c}` (or `cci-local run r/{c}`), or leave r/{c} out")
-        out.append(Respondent(f"aligned:{c}", adapted, None, str(adapted.lora_path)))
-    if include_base or persona:
-        backend = get_backend(base)
-        if include_base:
-            out.append(Respondent("base", backend))
-        if persona:
-            out += [Respondent(f"persona:{c}", backend, PERSONA.format(community=c))
-                    for c in communities]
-    return out
+    return panel(db, communities, base, include_base=include_base, persona=persona,
+                 order=("aligned", "base", "persona"), require_adapters=True).respondents
 
 
 def _messages(system: str | None, user: str) -> list[dict]:

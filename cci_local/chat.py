@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 
 import sqlite_utils
 
-from .ask import AskError, Respondent, respondents
+from .ask import AskError, respondents
 from .llm import BackendError, Sampling, chat_stream, get_backend
+from .respondents import NoAdapter, Respondent
 from .store import UnknownCommunity, select_communities
 
 DEFAULT_SAMPLING = Sampling(max_tokens=256, temperature=0.7)
@@ -105,7 +106,7 @@ def run_chat(db: sqlite_utils.Database, community: str, base: str, *,
                         raise AskError("/switch needs a community: /switch r/NAME")
                     if other not in models:
                         models[other] = respondents(db, [other], base)[0]
-                except (AskError, UnknownCommunity) as e:
+                except (AskError, NoAdapter, UnknownCommunity) as e:
                     write(f"{e}\n")
                     continue
                 session.community, session.respondent = other, models[other]

@@ -28,7 +28,7 @@ import sqlite_utils
 
 from .errors import WorkFailed
 from .llm import USAGE
-from .store import normalise_community, save_result
+from .store import normalise_community
 
 STAGES = ("data", "topics", "generate", "train", "survey", "fidelity", "psychometrics", "report")
 FORCEABLE = ("ingest", "topics", "train")
@@ -158,6 +158,7 @@ def run_pipeline(db: sqlite_utils.Database, db_path: Path, communities: list[str
     unknown = set(options.force) - set(FORCEABLE)
     if unknown:
         raise PipelineError(f"--force takes {', '.join(FORCEABLE)}, not {', '.join(unknown)}")
+    check_options(options)
     settings = {k: v for k, v in asdict(options).items()
                 if k not in ("force", "dumps", "until")}
     with db.conn:
@@ -209,6 +210,29 @@ def run_pipeline(db: sqlite_utils.Database, db_path: Path, communities: list[str
                 " WHERE id = ?", [json.dumps([asdict(s) for s in report.stages]), report.calls,
                                   report.seconds, status, report.run_id])
     return report
+
+
+def check_options(options: RunOptions) -> None:
+    """Every stage's options, checked before the first stage starts: a run must not fail
+    at psychometrics after half an hour of work for a flag it could have asked for."""
+    from .evaluate.instruments import InstrumentError, load_instrument
+    from .llm import BackendError, default_model, get_backend
+
+    problems = []
+    for role, given in (("teacher", options.teacher), ("base", options.base)):
+        try:
+            get_backend(default_model(role, given)).close()  # a name check: nothing loads
+        except BackendError as e:
+            problems.append(f"--{role}: {e}")
+    if options.items and not Path(options.items).is_file():
+        problems.append(f"--items: no file at {options.items}")
+    elif options.instrument:
+        try:
+            load_instrument(options.instrument, options.items)
+        except InstrumentError as e:
+            problems.append(f"--instrument: {e}")
+    if problems:
+        raise PipelineError("nothing was run; fix first:\n" + "\n".join(problems))
 
 
 def _line(o: StageOutcome) -> str:
@@ -417,8 +441,6 @@ def _survey(db, state, outcome) -> bool | None:
         outcome.notes = list(result.notes)
         return False
     data = result.as_dict(names)
-    save_result(db, "survey", names, {"base": base, "split": "random",
-                                      "scoring": options.scoring, "survey": None}, data)
     parts = []
     for c, values in data["communities"].items():
         rows = values["respondents"]
@@ -445,8 +467,6 @@ def _fidelity(db, state, outcome) -> bool | None:
                                   progress=state["progress"])
         except (BackendError, TrainError, ValueError) as e:
             raise PipelineError(f"fidelity r/{name}: {e}") from e
-        save_result(db, "fidelity", name, {"base": base, **asdict(fo),
-                                           "judges": options.judges}, result.as_dict())
         aligned = result.metrics.get(f"aligned:{name}", {})
         if "identifiability_f1" in aligned and "auc" in aligned:
             parts.append(f"r/{name} aligned F1 {aligned['identifiability_f1'].value:.2f}, "
@@ -474,10 +494,6 @@ def _psychometrics(db, state, outcome) -> bool | None:
                                    progress=state["progress"])
     except (InstrumentError, BackendError, TrainError) as e:
         raise PipelineError(f"psychometrics: {e}") from e
-    save_result(db, "psychometrics", names, {"instrument": inst.name, "base": base,
-                                             "scoring": options.scoring,
-                                             "prefixes": options.prefixes, "repeats": 1,
-                                             "seed": options.seed}, result.as_dict())
     outcome.summary = f"{inst.name}: {len(result.scores)} respondents scored"
     outcome.notes = list(result.notes)
     return None

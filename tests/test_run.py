@@ -234,3 +234,19 @@ def test_with_nothing_local_run_collects_from_arctic_shift_then_ingests(tmp_path
                               ).fetchone()[0]
         assert 0 < count <= 240
     assert (tmp_path / "refused.log").read_text() == ""
+
+
+def test_run_checks_every_stages_options_before_the_first(tmp_path):
+    """--instrument edeq without --items failed at psychometrics after half an hour of
+    work; now nothing starts, and the message says what to add."""
+    db = tmp_path / "s.db"
+    result = cci("run", "r/keto", "r/nutrition", "--corpus", str(CORPUS_2022), "--quick",
+                 "--instrument", "edeq", "--teacher", "no-such-model", db=db, check=False)
+    assert result.returncode == 1
+    said = " ".join(result.stderr.split())
+    assert "nothing was run; fix first" in said
+    assert "--instrument:" in said and "--items FILE" in said
+    assert "--teacher:" in said and "no-such-model" in said
+    store = open_store(db)
+    assert store.execute("SELECT count(*) FROM documents").fetchone()[0] == 0
+    assert store.execute("SELECT count(*) FROM pipeline_runs").fetchone()[0] == 0

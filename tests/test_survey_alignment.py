@@ -20,7 +20,8 @@ import pytest
 from conftest import SHARED, cci
 
 from cci_local.evaluate.metrics import difference_ci
-from cci_local.evaluate.survey import SurveyResult, administer, aligned_backend, commsurvey_items
+from cci_local.evaluate.survey import SurveyResult, administer, commsurvey_items
+from cci_local.respondents import aligned_backend
 from cci_local.store import ensure_community, open_store
 from cci_local.train import train
 from cci_local.train.peft_trainer import TrainConfig

@@ -4,14 +4,12 @@ documents.  The stage itself: cci_local/evaluate/fidelity.py."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import click
 from rich import box
 from rich.table import Table
 
-from ..store import save_result
 from .common import base_option, ci, fail, json_option, out, seed_option, staged
 
 
@@ -73,8 +71,6 @@ def fidelity_cmd(obj, community, base, samples, real, max_tokens, temperature, m
     except ValueError as e:
         fail(str(e))
     data = result.as_dict()
-    save_result(obj.db, "fidelity", name, {"base": base, **asdict(options),
-                                           "judges": judges.enabled}, data)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return

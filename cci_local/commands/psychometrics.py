@@ -10,7 +10,6 @@ import click
 from rich import box
 from rich.table import Table
 
-from ..store import save_result
 from .common import base_option, ci, communities_argument, json_option, out, seed_option, staged
 
 
@@ -18,7 +17,8 @@ from .common import base_option, ci, communities_argument, json_option, out, see
 @communities_argument(required=True)
 @click.option("--instrument", required=True, metavar="FILE|NAME",
               help="An instrument file (TOML, see cci_local/evaluate/instruments.py) or a "
-                   "shipped one: edeq, weight-concerns.")
+                   "shipped one: edeq, weight-concerns.  The EDE-Q ships without its item "
+                   "texts (they are not ours to publish): it needs --items.")
 @click.option("--items", "item_bank", type=click.Path(dir_okay=False),
               help="Item bank CSV (columns Item, Question) for item texts the instrument "
                    "leaves out (the EDE-Q's).")
@@ -59,9 +59,6 @@ def psychometrics_cmd(obj, communities, instrument, item_bank, repeats, prefixes
     pairs = result.compared()
     kind = pairs[0][0].split(":")[0] if pairs else "aligned"
     data = result.as_dict()
-    save_result(obj.db, "psychometrics", names, {"instrument": inst.name, "base": base,
-                                                 "scoring": scoring, "prefixes": prefixes,
-                                                 "repeats": repeats, "seed": seed}, data)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return

@@ -50,7 +50,8 @@ from .common import (
               help="Fidelity: real documents compared [default: 200].")
 @click.option("--no-judges", is_flag=True, help="Fidelity without toxicity and harm.")
 @click.option("--instrument", metavar="FILE|NAME",
-              help="Also administer this psychometric instrument (edeq, weight-concerns, a file).")
+              help="Also administer this psychometric instrument (edeq, weight-concerns, a "
+                   "file); edeq needs --items.  Checked before any stage starts.")
 @click.option("--items", "item_bank", type=click.Path(dir_okay=False),
               help="The instrument's item bank CSV, where it leaves item texts out.")
 @click.option("--prefixes", type=click.IntRange(min=1), metavar="N",
@@ -113,6 +114,8 @@ def run_cmd(obj, communities, corpus, dumps, offline, limit, teacher, base, max_
             report = run_pipeline(obj.db, obj.db_path, list(communities), options,
                                   progress=progress, log=log)
     except PipelineError as e:
+        if str(e).startswith("nothing was run"):
+            fail(str(e), 1)
         fail(f"{e}\nEverything done so far is kept; run the same command again after "
              "fixing this to go on from there.", 1)
     except KeyboardInterrupt:

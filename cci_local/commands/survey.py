@@ -9,7 +9,6 @@ import click
 from rich import box
 from rich.table import Table
 
-from ..store import save_result
 from .common import (
     base_option,
     ci,
@@ -55,16 +54,6 @@ def survey_cmd(obj, communities, survey_file, base, split_by, scoring, no_person
 
     template = question_template or QUESTION
     persona_text = persona_text or PERSONA
-    for field, text, needs in (("--question-template", template, ("question", "options")),
-                               ("--persona-text", persona_text, ())):
-        try:
-            text.format(question="", options="", community="")
-        except (KeyError, IndexError, ValueError) as e:
-            fail(f"{field}: only {{question}}, {{options}} and {{community}} can be "
-                  f"replaced ({type(e).__name__}: {e})")
-        missing = [n for n in needs if "{" + n + "}" not in text]
-        if missing:
-            fail(f"{field} must contain " + " and ".join("{" + n + "}" for n in missing))
     survey_id = None
     if survey_file:
         survey_id = load_survey(obj.db, survey_file)
@@ -80,10 +69,8 @@ def survey_cmd(obj, communities, survey_file, base, split_by, scoring, no_person
     result = staged("survey", "questions", lambda progress: run_survey(
         obj.db, names, base, split_by=split_by, survey_id=survey_id, persona=not no_persona,
         aligned=not no_aligned, persona_text=persona_text, template=template, scoring=scoring,
-        samples=samples, progress=progress))
+        samples=samples, survey_file=survey_file, progress=progress))
     data = result.as_dict(names)
-    save_result(obj.db, "survey", names, {"base": base, "split": split_by, "scoring": scoring,
-                                          "survey": survey_file}, data)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -95,7 +82,7 @@ def survey_cmd(obj, communities, survey_file, base, split_by, scoring, no_person
 
 def _survey_tables(result, names: list[str]) -> None:
     from ..evaluate.metrics import majority_baseline, random_baseline
-    from ..evaluate.survey import respondents
+    from ..respondents import labels
 
     with_dists = any(it.distributions for it in result.items)
     table = Table(box=box.SIMPLE_HEAD, title=f"survey accuracy: {result.source}, "
@@ -107,7 +94,7 @@ def _survey_tables(result, names: list[str]) -> None:
         key = result.key(c)
         if not key:
             continue
-        for respondent in respondents(c):
+        for respondent in labels(c):
             if respondent in result.answers:
                 est = result.scores(respondent, c)
                 disc = result.scores(respondent, c, discriminating_only=True)

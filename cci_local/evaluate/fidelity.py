@@ -24,11 +24,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import sqlite_utils
 
-from ..llm import Backend, Sampling, chat
+from ..llm import Backend, Sampling, chat, default_model
 from ..llm.base import count_call
+from ..respondents import PERSONA
+from ..store import save_result
 from .judges import HARM_RUBRIC, Scorer
 from .metrics import Estimate, bootstrap_ci, two_sample_ci
-from .survey import PERSONA
 
 REAL = "real (split half)"
 
@@ -224,14 +225,14 @@ def _judge(db, run_id: int, criterion: str, scorer: Scorer, sets, progress,
     return out
 
 
-def run_fidelity(db: sqlite_utils.Database, community: str, base: str = "embedded",
+def run_fidelity(db: sqlite_utils.Database, community: str, base: str | None = None,
                  options: FidelityOptions | None = None, *, communities: list[str] | None = None,
                  persona: bool = True, include_base: bool = True,
                  judges: JudgeOptions | None = None, progress=None) -> FidelityResult:
     """Generate, screen and score; ``communities``: whose real texts train the
     identifiability classifier (default: every community with documents)."""
     from ..embed import get_embedder
-    from ..llm import get_backend
+    from ..respondents import panel
     from .authenticity import frechet_ci, identifiability, real_vs_generated_auc, screen
     from .emotion import (
         emotion_matrix,
@@ -240,8 +241,8 @@ def run_fidelity(db: sqlite_utils.Database, community: str, base: str = "embedde
         sentiment,
         sentiment_histogram,
     )
-    from .survey import aligned_backend
 
+    base = default_model("base", base)
     options = options or FidelityOptions()
     judges = judges or JudgeOptions()
     notes: list[str] = []
@@ -250,19 +251,12 @@ def run_fidelity(db: sqlite_utils.Database, community: str, base: str = "embedde
         raise ValueError(f"r/{community} has no held-out open-ended instructions: run "
                          "`cci-local generate` first")
     run_id = _open_run(db, community, base, options)
-    backend = get_backend(base)
-    plan = []
-    adapted = aligned_backend(db, community, base)
-    if adapted is None:
-        notes.append(f"r/{community} has no adapter on {base}: run `cci-local train "
-                     f"r/{community}` to add its aligned model")
-    else:
-        plan.append((f"aligned:{community}", adapted, None))
-    if include_base:
-        plan.append(("base", backend, None))
-    if persona:
-        plan.append((f"persona:{community}", backend,
-                     options.persona_text.format(community=community)))
+    # The base model scores perplexity even when it is not a respondent.
+    respondents = panel(db, [community], base, include_base=include_base, persona=persona,
+                        persona_text=options.persona_text, order=("aligned", "base", "persona"),
+                        open_base=True)
+    backend, plan = respondents.base, respondents.plan()
+    notes += respondents.notes
     if progress:
         progress("total", options.samples * len(plan))
     try:
@@ -285,8 +279,7 @@ def run_fidelity(db: sqlite_utils.Database, community: str, base: str = "embedde
         ppl = {name: _perplexities(db, run_id, name, rows, backend)
                for name, rows in generated.items()}
     finally:
-        for model in [backend] + ([adapted] if adapted else []):
-            model.close()
+        respondents.close()
 
     kept: dict[str, list[str]] = {}
     kept_idx: dict[str, list[int]] = {}
@@ -383,6 +376,9 @@ def run_fidelity(db: sqlite_utils.Database, community: str, base: str = "embedde
         db.conn.execute("UPDATE fidelity_runs SET finished_at = ?, perplexity_cap = ?,"
                         " confusion = ?, scorers = ? WHERE id = ?",
                         [time.time(), cap, json.dumps(confusion), json.dumps(scorers), run_id])
-    return FidelityResult(run_id, community, [p[0] for p in plan], dropped, metrics, confusion,
-                          cap, notes, scorers, harmful,
-                          seconds | {"judge": time.perf_counter() - clock})
+    result = FidelityResult(run_id, community, [p[0] for p in plan], dropped, metrics,
+                            confusion, cap, notes, scorers, harmful,
+                            seconds | {"judge": time.perf_counter() - clock})
+    save_result(db, "fidelity", community, {"base": base, **asdict(options),
+                                            "judges": judges.enabled}, result.as_dict())
+    return result

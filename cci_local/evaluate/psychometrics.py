@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import sqlite_utils
 
-from ..llm import Backend, Sampling, chat
+from ..llm import Backend, Sampling, chat, default_model
+from ..respondents import PERSONA
+from ..store import save_result
 from .instruments import Instrument, aggregate, score
 from .metrics import Estimate
-from .survey import PERSONA, ask
+from .survey import ask
 
 RESAMPLES = 1000
 
@@ -231,24 +233,22 @@ class PsychometricsResult:
 
 
 def run_psychometrics(db: sqlite_utils.Database, communities: list[str], inst: Instrument,
-                      base: str = "embedded", *, persona: bool = True, include_base: bool = True,
+                      base: str | None = None, *, persona: bool = True, include_base: bool = True,
                       repeats: int = 1, scoring: str = "letter", persona_text: str = PERSONA,
                       prefixes: int | None = None, seed: int = 0,
                       progress=None) -> PsychometricsResult:
-    """Administer ``inst`` to each community's aligned model (and, for contrast, the
-    base and the persona-prompted base), score each like a human respondent.
+    """The psychometrics stage's entry: administer ``inst`` to each community's aligned
+    model (and, for contrast, the base and the persona-prompted base), score each like
+    a human respondent, and keep the scores for the report (``stage_results``).
     ``prefixes``: use only the first N persona prefixes of the instrument's pool."""
-    from ..llm import get_backend
-    from .survey import respondent_plan
+    from ..respondents import panel
 
     if prefixes is not None:
         inst = inst.model_copy(update={"personas": inst.personas[:max(1, prefixes)]})
-
-    backend = get_backend(base)
-    notes: list[str] = []
-    plan, extra = respondent_plan(db, communities, base, backend, notes,
-                                  include_base=include_base, persona=persona,
-                                  persona_text=persona_text)
+    base = default_model("base", base)
+    respondents = panel(db, communities, base, include_base=include_base, persona=persona,
+                        persona_text=persona_text)
+    notes, plan = respondents.notes, respondents.plan()
     if progress:
         progress("total", len(inst.items) * len(inst.personas) * len(plan))
     scores = {}
@@ -259,6 +259,9 @@ def run_psychometrics(db: sqlite_utils.Database, communities: list[str], inst: I
                 seed=seed, progress=(lambda n: progress("advance", n)) if progress else None)
             scores[respondent] = score_administration(inst, admin, seed=seed)
     finally:
-        for model in [backend, *extra]:
-            model.close()
-    return PsychometricsResult(inst, scores, notes)
+        respondents.close()
+    result = PsychometricsResult(inst, scores, notes)
+    save_result(db, "psychometrics", communities, {
+        "instrument": inst.name, "base": base, "scoring": scoring, "prefixes": prefixes,
+        "repeats": repeats, "seed": seed}, result.as_dict())
+    return result

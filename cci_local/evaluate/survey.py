@@ -18,7 +18,10 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
-from ..llm import Backend, NoLogprobs, Sampling, chat, option_logprobs
+from ..errors import CciError
+from ..llm import Backend, NoLogprobs, Sampling, chat, default_model, option_logprobs
+from ..respondents import PERSONA, labels
+from ..store import save_result
 from .items import Item
 from .metrics import (
     Estimate,
@@ -30,8 +33,10 @@ from .metrics import (
 )
 
 QUESTION = "{question}\n{options}\nAnswer with the letter of one option only."
-PERSONA = ("You are a member of the online community r/{community}. Answer the way its "
-           "members typically would.")
+
+
+class SurveyError(CciError):
+    """The survey cannot be put as asked (its wording): the message says what to fix."""
 
 
 @dataclass
@@ -228,7 +233,7 @@ class SurveyResult:
             if not key:
                 continue
             rows = {}
-            for respondent in respondents(c):
+            for respondent in labels(c):
                 if respondent in self.answers:
                     rows[respondent] = {
                         "accuracy": est(self.scores(respondent, c)),
@@ -250,65 +255,41 @@ class SurveyResult:
         return out
 
 
-def respondents(community: str) -> list[str]:
-    return ["base", f"persona:{community}", f"aligned:{community}"]
-
-
 def _positions(item: Item) -> list[float]:
     """Option positions for W1: their order, or for unordered options a metric where
     every two options are 1 apart (handled by representativeness as ``None``)."""
     return list(range(len(item.options))) if item.ordinal else None
 
 
-def aligned_backend(db: sqlite_utils.Database, community: str, base: str):
-    """base + the community's newest finished adapter trained on that base, or None."""
-    from ..llm.llama_cpp import LlamaCppBackend
-    from ..train import base_identity, resolve_base
-
-    resolved = resolve_base(base)
-    if resolved.gguf is None:
-        return None
-    row = db.execute("SELECT gguf FROM adapters WHERE community = ? AND status = 'done' AND"
-                     " base_identity = ? ORDER BY id DESC LIMIT 1",
-                     [community, base_identity(db, resolved)]).fetchone()
-    if row is None or not row[0]:
-        return None
-    return LlamaCppBackend(resolved.gguf, spec=f"{base}+adapter:{community}", lora_path=row[0])
-
-
-def respondent_plan(db: sqlite_utils.Database, communities: list[str], base: str,
-                    backend: Backend, notes: list[str], *, include_base: bool = True,
-                    persona: bool = True, aligned: bool = True, persona_text: str = PERSONA):
-    """The respondents asked by the survey and psychometrics stages, in order: the base
-    model, the base with each community's persona, each community's aligned model (a
-    note for a community without adapter).  Returns (respondent, backend, system
-    prompt) triples and the adapter backends opened here, for the caller to close."""
-    plan = [("base", backend, None)] if include_base else []
-    if persona:
-        plan += [(f"persona:{c}", backend, persona_text.format(community=c))
-                 for c in communities]
-    opened = []
-    if aligned:
-        for c in communities:
-            adapted = aligned_backend(db, c, base)
-            if adapted is None:
-                notes.append(f"r/{c} has no adapter on {base}: run `cci-local train r/{c}` "
-                             "to add its aligned model")
-            else:
-                plan.append((f"aligned:{c}", adapted, None))
-                opened.append(adapted)
-    return plan, opened
+def check_wording(template: str, persona_text: str) -> None:
+    """SurveyError unless the question template and persona text can be filled in."""
+    for field, text, needs in (("--question-template", template, ("question", "options")),
+                               ("--persona-text", persona_text, ())):
+        try:
+            text.format(question="", options="", community="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise SurveyError(f"{field}: only {{question}}, {{options}} and {{community}} can "
+                              f"be replaced ({type(e).__name__}: {e})") from None
+        missing = [n for n in needs if "{" + n + "}" not in text]
+        if missing:
+            raise SurveyError(f"{field} must contain " + " and ".join("{" + n + "}"
+                                                                       for n in missing))
 
 
-def run_survey(db: sqlite_utils.Database, communities: list[str], base: str = "embedded", *,
+def run_survey(db: sqlite_utils.Database, communities: list[str], base: str | None = None, *,
                split_by: str = "random", survey_id: str | None = None, persona: bool = True,
                aligned: bool = True, persona_text: str = PERSONA, template: str = QUESTION,
-               scoring: str = "letter", samples: int = 10, progress=None) -> SurveyResult:
-    """Administer a survey to the base model, the base with each community's persona,
-    and each community's aligned model: the held-out CommSurvey of ``communities``
-    (``split_by``: random or topic), or the stored outside survey ``survey_id``."""
-    from ..llm import get_backend
+               scoring: str = "letter", samples: int = 10, survey_file: str | None = None,
+               progress=None) -> SurveyResult:
+    """The survey stage's entry: administer a survey to the base model, the base with
+    each community's persona, and each community's aligned model: the held-out
+    CommSurvey of ``communities`` (``split_by``: random or topic), or the stored outside
+    survey ``survey_id`` (loaded from ``survey_file``).  The figures are kept for the
+    report (``stage_results``) when there were questions to ask."""
+    from ..respondents import panel
 
+    check_wording(template, persona_text)
+    base = default_model("base", base)
     if survey_id is not None:
         from .survey_file import survey_items
 
@@ -323,9 +304,10 @@ def run_survey(db: sqlite_utils.Database, communities: list[str], base: str = "e
         notes.append(f"no questions in the {source} for these communities" + (
             "" if survey_id else ": run `cci-local generate` first"))
         return SurveyResult(source, items, {}, notes, scoring)
-    backend = get_backend(base)
-    plan, extra = respondent_plan(db, communities, base, backend, notes, persona=persona,
-                                  aligned=aligned, persona_text=persona_text)
+    respondents = panel(db, communities, base, persona=persona, aligned=aligned,
+                        persona_text=persona_text)
+    notes += respondents.notes
+    plan = respondents.plan()
     if progress:
         progress("total", len(plan) * len(items))
     answers = {}
@@ -336,6 +318,8 @@ def run_survey(db: sqlite_utils.Database, communities: list[str], base: str = "e
                 scoring=scoring, samples=samples,
                 progress=(lambda n: progress("advance", n)) if progress else None)
     finally:
-        for model in [backend, *extra]:
-            model.close()
-    return SurveyResult(source, items, answers, notes, scoring)
+        respondents.close()
+    result = SurveyResult(source, items, answers, notes, scoring)
+    save_result(db, "survey", communities, {"base": base, "split": split_by, "scoring": scoring,
+                                            "survey": survey_file}, result.as_dict(communities))
+    return result

@@ -1,0 +1,149 @@
+"""Who answers: the base model, the base told to speak as a community's member (the
+persona), and a community's aligned model (the base with its newest LoRA adapter).
+Built here, once, for every stage that asks them: survey, psychometrics, fidelity,
+ask and chat (docs/method.md#respondents).
+
+    with panel(db, ["keto", "nutrition"], "embedded") as p:
+        for r in p.respondents:           # base, persona:keto, ..., aligned:keto, ...
+            r.label, r.backend, r.system
+        p.notes                           # "r/x has no adapter on ...: run ..."
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sqlite_utils
+
+from .errors import CciError
+from .llm import Backend, get_backend
+
+PERSONA = ("You are a member of the online community r/{community}. Answer the way its "
+           "members typically would.")
+KINDS = ("base", "persona", "aligned")
+
+
+class NoAdapter(CciError):
+    """An aligned respondent was required but cannot be built: the message says what to do."""
+
+
+@dataclass
+class Respondent:
+    label: str  # "base", "persona:keto", "aligned:keto": the key answers are stored under
+    backend: Backend
+    system: str | None = None  # the persona's system prompt
+    adapter: str | None = None  # the GGUF adapter's path (aligned)
+
+    @property
+    def kind(self) -> str:
+        return self.label.split(":")[0]
+
+
+@dataclass
+class Panel:
+    """The respondents, the notes on those left out, and the models to close."""
+
+    respondents: list[Respondent] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    base: Backend | None = None  # the base model, shared by the base and the personas
+    opened: list[Backend] = field(default_factory=list)
+
+    def plan(self) -> list[tuple[str, Backend, str | None]]:
+        """(label, backend, system prompt) per respondent, in order."""
+        return [(r.label, r.backend, r.system) for r in self.respondents]
+
+    def close(self) -> None:
+        for model in ([self.base] if self.base else []) + self.opened:
+            model.close()
+
+    def __enter__(self) -> Panel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def labels(community: str) -> list[str]:
+    """The respondent labels a community's answer key is compared with."""
+    return ["base", f"persona:{community}", f"aligned:{community}"]
+
+
+def aligned_backend(db: sqlite_utils.Database, community: str, base: str):
+    """base + the community's newest finished adapter trained on that base, or None."""
+    from .llm.llama_cpp import LlamaCppBackend
+    from .train import base_identity, resolve_base
+
+    resolved = resolve_base(base)
+    if resolved.gguf is None:
+        return None
+    row = db.execute("SELECT gguf FROM adapters WHERE community = ? AND status = 'done' AND"
+                     " base_identity = ? ORDER BY id DESC LIMIT 1",
+                     [community, base_identity(db, resolved)]).fetchone()
+    if row is None or not row[0]:
+        return None
+    return LlamaCppBackend(resolved.gguf, spec=f"{base}+adapter:{community}", lora_path=row[0])
+
+
+def check_adapters_load(db: sqlite_utils.Database, base: str) -> None:
+    """Raise NoAdapter when ``base`` cannot take a GGUF adapter here (a remote server,
+    a Hugging Face folder), naming what to do instead."""
+    from .train import TrainError, resolve_base
+
+    try:
+        resolved = resolve_base(base)
+    except TrainError as e:
+        modelfiles = [m for (m,) in db.execute(
+            "SELECT modelfile FROM adapters WHERE status = 'done' AND modelfile IS NOT NULL"
+            " ORDER BY id DESC")]
+        hint = (f" Training wrote an Ollama Modelfile per community (e.g. {modelfiles[0]}): "
+                "`ollama create NAME -f MODELFILE`, then `cci-local prompt ollama:NAME ...`."
+                if modelfiles else "")
+        raise NoAdapter(f"{base} cannot load a community's LoRA adapter here ({e}).{hint}") \
+            from e
+    if resolved.gguf is None:
+        raise NoAdapter(f"{base} is a Hugging Face folder: `ask` runs GGUF models with their "
+                        "GGUF adapters; pass --base embedded or --base gguf:PATH")
+
+
+def panel(db: sqlite_utils.Database, communities: list[str], base: str, *,
+          include_base: bool = True, persona: bool = True, aligned: bool = True,
+          persona_text: str = PERSONA, order: tuple[str, ...] = KINDS,
+          require_adapters: bool = False, open_base: bool = False) -> Panel:
+    """The respondents for ``communities`` on ``base``, kinds in ``order``.
+
+    A community without an adapter on ``base`` gets a note (or, with
+    ``require_adapters``, NoAdapter naming the command to run).  The base model is
+    opened when a base or persona respondent needs it, or when ``open_base`` says so
+    (fidelity scores perplexity with it)."""
+    result = Panel()
+    try:
+        if require_adapters:
+            check_adapters_load(db, base)
+        if include_base or persona or open_base:
+            result.base = get_backend(base)
+        by_kind: dict[str, list[Respondent]] = {k: [] for k in KINDS}
+        if include_base:
+            by_kind["base"].append(Respondent("base", result.base))
+        if persona:
+            by_kind["persona"] = [Respondent(f"persona:{c}", result.base,
+                                             persona_text.format(community=c))
+                                  for c in communities]
+        if aligned:
+            for c in communities:
+                adapted = aligned_backend(db, c, base)
+                if adapted is None:
+                    if require_adapters:
+                        raise NoAdapter(f"r/{c} has no adapter on {base}: train it with "
+                                        f"`cci-local train r/{c}` (or `cci-local run r/{c}`), "
+                                        f"or leave r/{c} out")
+                    result.notes.append(f"r/{c} has no adapter on {base}: run `cci-local "
+                                        f"train r/{c}` to add its aligned model")
+                    continue
+                result.opened.append(adapted)
+                by_kind["aligned"].append(Respondent(f"aligned:{c}", adapted, None,
+                                                     str(adapted.lora_path)))
+        result.respondents = [r for kind in order for r in by_kind[kind]]
+    except BaseException:
+        result.close()
+        raise
+    return result
