@@ -7,46 +7,21 @@ dumps cut from the Pushshift/Arctic Shift archives, so ``ingest`` reads a collec
 subreddit and a downloaded one alike, and someone without network can put the
 downloaded files in the same place instead.
 
-What the API does, from its documentation (github.com/ArthurHeitmann/arctic_shift,
-``api/README.md``, read at commit c66cbbe, 2026-01) and from its own download tool
-(github.com/ArthurHeitmann/arctic_shift_ui, ``src/lib/archiveStream.ts``):
+The work is split four ways.  This module holds ``collect()``, which pages
+through the API and resumes interrupted runs, and ``parse_since`` for its times;
+cci_local/collect_api.py the API client (pacing, rate limits, retries) and what the
+API does, from its documentation; cci_local/collect_files.py the files in
+``dumps_dir`` (the working ones and the .zst) and how a re-run reads them;
+cci_local/collect_report.py what ``collect()`` reports, and ``CollectError``.
 
-* ``GET /api/posts/search`` and ``GET /api/comments/search`` take ``subreddit`` (an
-  ``r/`` prefix is ignored), ``after`` and ``before`` (a "Date": epoch seconds or
-  milliseconds, ISO 8601 such as 2020-01-01, or an offset such as 2d), ``limit``
-  (1-100, default 25, or ``auto``: "between 100 and 1000 results ... depending on
-  the capacity of the server"; the download tool uses it), ``sort`` (asc | desc,
-  by created_utc) and ``fields``.
-* The answer is ``{"data": [objects]}``; a failure is ``{"error": "message"}`` (the
-  tools check ``data.error``).  Under load it answers "Timeout. Maybe slow down a
-  bit" (HTTP 422 as other clients report it): retried here like a 5xx.
-* ``X-RateLimit-Remaining`` counts the requests left and ``X-RateLimit-Reset`` says
-  when the limit resets; the reset's format is not documented, so epoch seconds,
-  epoch milliseconds, seconds to wait and an HTTP date are all read.  "If you make
-  excessive requests, you might get rate limited ... this is a free service, so be
-  considerate": requests here are at least ``min_interval`` (1 s) apart.
-* Whether ``after`` includes its own second is not documented.  The download tool
-  asks for after = the last created_utc and steps one second on when a page does
-  not move.  Here a page asks for after = last created_utc - 1 and skips the ids
-  it already has, which loses nothing under either reading (items sharing the
-  boundary second stay in reach).  Only more than a page of items within two
-  seconds stalls it (the API has no cursor but time); it then steps on a second
-  at a time, and items of that second beyond the page can be missed.
-
-Files in ``dumps_dir`` (the working ones hidden: ``ingest DIR`` reads every file in a
-directory that is not hidden):
-
-* ``.<sub>_<kind>.ndjson.part``: the items as they arrive, a page appended and
-  flushed at a time.  A re-run reads it back (dropping a last line cut off by a
-  crash) and asks for what comes after its last item, so no page is fetched twice
-  and no id is written twice.
-* ``.<sub>_<kind>.collect.json``: what was asked (since, until, limit) and, once the
-  kind is done, ``complete``, the item count, whether the range ran out before the
-  limit and the .zst's size.  A re-run of a request that is already met makes no
-  request; a larger ``limit`` over the same range continues from the .zst.
-* ``<sub>_<kind>.zst``: compressed from the .part into a temporary file, renamed
-  into place when the kind is complete.  A .zst that is not the one the state file
-  recorded (a downloaded dump) is never touched.
+Paging: whether ``after`` includes its own second is not documented.  The API's
+own download tool (see cci_local/collect_api.py) asks for after = the last
+created_utc and steps one second on when a page does not move.  Here a page asks
+for after = last created_utc - 1 and skips the ids it already has, which loses
+nothing under either reading (items sharing the boundary second stay in reach).
+Only more than a page of items within two seconds stalls it (the API has no
+cursor but time); it then steps on a second at a time, and items of that second
+beyond the page can be missed.
 
 Usernames are in the objects and so in the files (``ingest`` pseudonymises them as
 it reads); nothing here logs an item.
@@ -54,96 +29,38 @@ it reads); nothing here logs an item.
 
 from __future__ import annotations
 
-import email.utils
-import logging
 import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 import orjson
-import zstandard
 
-from . import __version__
-from .errors import WorkFailed
+from .collect_api import DEFAULT_URL, ENDPOINTS, MAX_PAGE, USER_AGENT, ApiClient, Unreachable
+from .collect_files import (
+    DumpPaths,
+    Seen,
+    compress,
+    created_utc,
+    decompress_to,
+    dump_name,
+    is_ours,
+    read_part,
+    read_state,
+    write_state,
+)
+from .collect_report import CollectError, CollectReport, KindReport
 from .store import normalise_community
 
 __all__ = ["collect", "parse_since", "dump_name", "CollectError", "CollectReport", "KindReport",
            "DEFAULT_URL", "KINDS"]
 
-DEFAULT_URL = "https://arctic-shift.photon-reddit.com"
 KINDS = ("submissions", "comments")
-ENDPOINTS = {"submissions": "/api/posts/search", "comments": "/api/comments/search"}
-USER_AGENT = f"cci-local/{__version__} (research; +local)"
-MAX_PAGE = 100  # the largest number the API takes as `limit`
-MAX_WAIT = 900.0  # the longest single wait for a rate limit, in seconds
-MAX_BACKOFF = 60.0
-ZSTD_LEVEL = 9
-# 128 MiB windows: what `zstd -d` accepts without --long (the reader takes up to 2 GiB).
-ZSTD_WINDOW_LOG = 27
-
-log = logging.getLogger(__name__)
 
 _SUBREDDIT = re.compile(r"[A-Za-z0-9_]{2,21}")
-
-
-class CollectError(WorkFailed):
-    """The collection cannot go on; what was received so far stays on disk.
-
-    ``report`` is the CollectReport up to the failure; ``retryable`` says whether the
-    same command may succeed later (the API was down, overloaded or rate limiting)."""
-
-    def __init__(self, message: str, report: CollectReport | None = None,
-                 retryable: bool = False):
-        super().__init__(message)
-        self.report = report
-        self.retryable = retryable
-
-
-@dataclass
-class KindReport:
-    kind: str  # "submissions" or "comments"
-    file: str  # the .zst
-    status: str = ""  # collected, resumed, extended, already collected, present, no items
-    note: str = ""
-    added: int = 0  # items written by this run
-    items: int = 0  # items in the file
-    pages: int = 0  # pages received by this run
-    retries: int = 0
-    malformed: int = 0  # objects without an id or created_utc, skipped
-    exhausted: bool = False  # the range ran out (rather than the limit)
-    written: bool = False  # the .zst was (re)written by this run
-    first_utc: int | None = None
-    last_utc: int | None = None
-    seconds: float = 0.0
-
-
-@dataclass
-class CollectReport:
-    subreddit: str
-    dumps_dir: str
-    base_url: str
-    kinds: list[KindReport] = field(default_factory=list)
-    requests: int = 0  # HTTP requests sent, retries included
-    seconds: float = 0.0
-
-    @property
-    def files_written(self) -> list[str]:
-        return [k.file for k in self.kinds if k.written]
-
-    @property
-    def files(self) -> list[str]:
-        """The dump files there are now, written by this run or not."""
-        return [k.file for k in self.kinds if Path(k.file).exists()]
-
-
-def dump_name(subreddit: str, kind: str) -> str:
-    """The per-subreddit dump's file name: keto_submissions.zst, keto_comments.zst."""
-    return f"{subreddit}_{kind}.zst"
 
 
 def _subreddit(name: str) -> str:
@@ -205,303 +122,6 @@ def _epoch(number: float, shown) -> int:
     return int(number)
 
 
-def _reset_wait(value: str | None, now: float) -> float | None:
-    """Seconds until ``X-RateLimit-Reset`` (or ``Retry-After``): epoch seconds, epoch
-    milliseconds, seconds to wait, or an HTTP or ISO date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        number = float(value)
-    except ValueError:
-        number = None
-    if number is not None:
-        if number >= 1e12:
-            return max(0.0, number / 1000 - now)
-        if number >= 1e9:
-            return max(0.0, number - now)
-        return max(0.0, number)
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        try:
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return max(0.0, moment.timestamp() - now)
-
-
-# --------------------------------------------------------------------------- HTTP
-
-
-class _Transient(Exception):
-    """A failure worth another try: (what happened, seconds to wait or None)."""
-
-    def __init__(self, problem: str, wait: float | None = None):
-        super().__init__(problem)
-        self.problem = problem
-        self.wait = wait
-
-
-class _Unreachable(Exception):
-    """The very first request could not connect: offline, DNS, refused."""
-
-
-def _error_message(body: bytes) -> str:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body[:200].decode("utf-8", "replace").strip()
-    if isinstance(doc, dict) and doc.get("error"):
-        return str(doc["error"])[:300]
-    return ""
-
-
-def _overloaded(message: str) -> bool:
-    low = message.lower()
-    return "timeout" in low or "timed out" in low or "slow down" in low
-
-
-class _Api:
-    """The API seen politely: one request at a time, at least ``min_interval`` apart,
-    waiting out rate limits, retrying what may pass."""
-
-    def __init__(self, base_url: str, client: httpx.Client, *, min_interval: float,
-                 max_retries: int, sleep: Callable[[float], None], clock: Callable[[], float]):
-        self.base_url = base_url.rstrip("/")
-        self.client = client
-        self.min_interval = min_interval
-        self.max_retries = max_retries
-        self.sleep = sleep
-        self.clock = clock
-        self.reached = False  # an answer (any) came back: later connect errors are blips
-        self.requests = 0
-        self._last_start: float | None = None
-        self._hold_until = 0.0  # no request before this (a rate limit's reset)
-
-    def _pace(self) -> None:
-        now = self.clock()
-        wait = self._hold_until - now
-        if self._last_start is not None:
-            wait = max(wait, self._last_start + self.min_interval - now)
-        if wait > 0:
-            self.sleep(min(wait, MAX_WAIT))
-        self._last_start = self.clock()
-
-    def page(self, path: str, params: dict) -> tuple[list, int]:
-        """One page of items, and how many retries it took."""
-        url = self.base_url + path
-        retries = 0
-        while True:
-            self._pace()
-            try:
-                return self._get(url, params), retries
-            except _Transient as e:
-                retries += 1
-                if retries > self.max_retries:
-                    shown = str(httpx.URL(url, params=params))
-                    raise CollectError(f"{shown}: {e.problem}; gave up after {retries} tries "
-                                       "(the Arctic Shift API may be down or overloaded)",
-                                       retryable=True) from None
-                wait = e.wait if e.wait is not None else min(MAX_BACKOFF, 2.0 ** (retries - 1))
-                log.info("%s: %s; trying again in %.0f s", path, e.problem, wait)
-                self._hold_until = self.clock() + min(wait, MAX_WAIT)
-
-    def _get(self, url: str, params: dict) -> list:
-        self.requests += 1
-        try:
-            response = self.client.get(url, params=params, headers={"User-Agent": USER_AGENT})
-        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            if not self.reached:
-                raise _Unreachable(str(e) or type(e).__name__) from None
-            raise _Transient(f"cannot connect ({e or type(e).__name__})") from None
-        except httpx.UnsupportedProtocol as e:
-            raise CollectError(f"{url}: {e}") from None
-        except httpx.TimeoutException as e:
-            raise _Transient(f"no answer in time ({type(e).__name__})") from None
-        except httpx.TransportError as e:  # connection dropped, body cut short
-            raise _Transient(f"connection dropped ({e or type(e).__name__})") from None
-        self.reached = True
-        status = response.status_code
-        body = response.content
-        if status == 429:
-            headers = response.headers
-            wait = _reset_wait(headers.get("retry-after"), self.clock())
-            if wait is None:
-                wait = _reset_wait(headers.get("x-ratelimit-reset"), self.clock())
-            raise _Transient("rate limited (HTTP 429)", wait)
-        if status >= 500:
-            message = _error_message(body)
-            raise _Transient(f"HTTP {status}" + (f" ({message})" if message else ""))
-        if status >= 400:
-            message = _error_message(body)
-            if _overloaded(message):
-                raise _Transient(f"HTTP {status} ({message})")
-            shown = str(httpx.URL(url, params=params))
-            raise CollectError(f"{shown}: the API answered HTTP {status}"
-                               + (f": {message}" if message else ""))
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise _Transient(f"the answer is not complete JSON ({len(body):,} bytes: "
-                             "cut off?)") from None
-        if isinstance(doc, dict) and doc.get("error"):
-            message = str(doc["error"])[:300]
-            if _overloaded(message):
-                raise _Transient(f"the API said: {message}")
-            shown = str(httpx.URL(url, params=params))
-            raise CollectError(f"{shown}: the API said: {message}")
-        if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-            raise _Transient("the answer has no 'data' list")
-        self._note_rate_limit(response.headers)
-        return doc["data"]
-
-    def _note_rate_limit(self, headers: httpx.Headers) -> None:
-        try:
-            remaining = int(float(headers.get("x-ratelimit-remaining", "")))
-        except ValueError:
-            return
-        if remaining > 0:
-            return
-        wait = _reset_wait(headers.get("x-ratelimit-reset"), self.clock())
-        wait = 10.0 if wait is None else max(1.0, wait)
-        log.info("rate limit spent; waiting %.0f s for its reset", wait)
-        self._hold_until = self.clock() + min(wait, MAX_WAIT)
-
-
-# --------------------------------------------------------------------------- files
-
-
-@dataclass
-class _Paths:
-    zst: Path
-    part: Path
-    state: Path
-    tmp: Path
-
-    @classmethod
-    def of(cls, dumps_dir: Path, sub: str, kind: str) -> _Paths:
-        stem = f"{sub}_{kind}"
-        return cls(dumps_dir / dump_name(sub, kind), dumps_dir / f".{stem}.ndjson.part",
-                   dumps_dir / f".{stem}.collect.json", dumps_dir / f".{stem}.zst.tmp")
-
-
-def _read_state(path: Path) -> dict | None:
-    try:
-        state = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    return state if isinstance(state, dict) else None
-
-
-def _write_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(state, option=orjson.OPT_INDENT_2) + b"\n")
-    os.replace(tmp, path)
-
-
-def _ours(paths: _Paths, state: dict | None) -> bool:
-    """Whether the .zst there is this collector's (and so may be replaced): the size
-    its state file recorded, or, after a crash between renaming it into place and
-    saying so, the .part it was made from.  Anything else (a downloaded dump) is not."""
-    if state is None:
-        return False
-    if state.get("zst_bytes") == paths.zst.stat().st_size:
-        return True
-    if state.get("complete") or not paths.part.exists():
-        return False
-    try:
-        with open(paths.zst, "rb") as fh:
-            frame = zstandard.get_frame_parameters(fh.read(18))
-    except (OSError, zstandard.ZstdError):
-        return False
-    return frame.content_size == paths.part.stat().st_size
-
-
-def _created(item) -> int | None:
-    if not isinstance(item, dict) or not isinstance(item.get("id"), str):
-        return None
-    created = item.get("created_utc")
-    if type(created) is int:
-        return created
-    try:
-        return int(float(created))
-    except (TypeError, ValueError):
-        return None
-
-
-class _Seen:
-    """Ids near the paging boundary.  Pages come oldest first and each starts a
-    second before the last item written, so only ids of the last two seconds can
-    come again: memory stays flat however many millions are collected."""
-
-    def __init__(self):
-        self.ids: dict[str, int] = {}
-        self.last: int | None = None
-        self.first: int | None = None
-        self.count = 0
-
-    def add(self, item_id: str, created: int) -> None:
-        self.ids[item_id] = created
-        self.count += 1
-        if self.first is None:
-            self.first = created
-        if self.last is None or created > self.last:
-            self.last = created
-
-    def prune(self) -> None:
-        if self.last is not None and len(self.ids) > 256:
-            floor = self.last - 1
-            self.ids = {i: c for i, c in self.ids.items() if c >= floor}
-
-
-def _read_part(path: Path, keep: int | None = None) -> _Seen:
-    """What an interrupted run wrote; a last line cut off by a crash (or anything
-    after the first unreadable line), and lines beyond ``keep``, are cut from the file."""
-    seen = _Seen()
-    good = 0
-    with open(path, "rb") as fh:
-        for line in fh:
-            if keep is not None and seen.count >= keep:
-                break
-            if not line.endswith(b"\n"):
-                break
-            try:
-                item = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                break
-            created = _created(item)
-            if created is None:
-                break
-            seen.add(item["id"], created)
-            seen.prune()
-            good += len(line)
-    if good < path.stat().st_size:
-        with open(path, "r+b") as fh:
-            fh.truncate(good)
-    return seen
-
-
-def _decompress_to(zst: Path, part: Path) -> None:
-    dctx = zstandard.ZstdDecompressor(max_window_size=2**31)
-    with open(zst, "rb") as src, open(part, "wb") as dst:
-        dctx.copy_stream(src, dst)
-
-
-def _compress(part: Path, tmp: Path, zst: Path) -> None:
-    """The .part as one zstd frame, renamed into place only once it is whole."""
-    params = zstandard.ZstdCompressionParameters.from_level(
-        ZSTD_LEVEL, window_log=ZSTD_WINDOW_LOG, enable_ldm=True)
-    cctx = zstandard.ZstdCompressor(compression_params=params)
-    with open(part, "rb") as src, open(tmp, "wb") as dst:
-        cctx.copy_stream(src, dst, size=part.stat().st_size)
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.replace(tmp, zst)
-
-
 # --------------------------------------------------------------------------- collect
 
 
@@ -556,20 +176,20 @@ def collect(
     if own:
         client = httpx.Client(timeout=httpx.Timeout(120.0, connect=15.0),
                               headers={"User-Agent": USER_AGENT}, follow_redirects=True)
-    api = _Api(base_url, client, min_interval=min_interval, max_retries=max_retries,
+    api = ApiClient(base_url, client, min_interval=min_interval, max_retries=max_retries,
                sleep=sleep or time.sleep, clock=clock or time.time)
     report = CollectReport(subreddit=sub, dumps_dir=str(dumps), base_url=api.base_url)
     started = time.monotonic()
     try:
         for kind in kinds:
-            rep = KindReport(kind=kind, file=str(_Paths.of(dumps, sub, kind).zst))
+            rep = KindReport(kind=kind, file=str(DumpPaths.of(dumps, sub, kind).zst))
             report.kinds.append(rep)
             t0 = time.monotonic()
             try:
                 _collect_kind(api, sub, kind, dumps, rep, limit=limit, since=since,
                               until=until, page_size=page_size, progress=progress)
             except CollectError as e:
-                part = _Paths.of(dumps, sub, kind).part
+                part = DumpPaths.of(dumps, sub, kind).part
                 if rep.items:
                     hint = (f"\n{rep.items:,} r/{sub} {kind} received so far are kept in "
                             f"{part}: run the same command again to resume")
@@ -578,7 +198,7 @@ def collect(
                 raise CollectError(f"{e}{hint}", report, e.retryable) from None
             finally:
                 rep.seconds = time.monotonic() - t0
-    except _Unreachable as e:
+    except Unreachable as e:
         missing = [dump_name(sub, k) for k in kinds if not (dumps / dump_name(sub, k)).exists()]
         names = " and ".join(missing or [dump_name(sub, k) for k in kinds])
         raise CollectError(
@@ -594,14 +214,14 @@ def collect(
     return report
 
 
-def _collect_kind(api: _Api, sub: str, kind: str, dumps: Path, rep: KindReport, *,
+def _collect_kind(api: ApiClient, sub: str, kind: str, dumps: Path, rep: KindReport, *,
                   limit: int | None, since: int | None, until: int | None,
                   page_size: int | str, progress) -> None:
-    paths = _Paths.of(dumps, sub, kind)
-    state = _read_state(paths.state)
+    paths = DumpPaths.of(dumps, sub, kind)
+    state = read_state(paths.state)
     have_zst = paths.zst.exists()
     zst_bytes = paths.zst.stat().st_size if have_zst else None
-    if have_zst and not _ours(paths, state):
+    if have_zst and not is_ours(paths, state):
         rep.status, rep.note = "present", "not written by cci-local collect: left as it is"
         return
     same_range = (state is not None and state.get("since") == since
@@ -618,19 +238,19 @@ def _collect_kind(api: _Api, sub: str, kind: str, dumps: Path, rep: KindReport, 
         return
 
     if (same_range and not state.get("complete") and paths.part.exists()):
-        seen = _read_part(paths.part, keep=limit)
+        seen = read_part(paths.part, keep=limit)
         rep.status = "resumed"
     elif done_before and have_zst:  # met a smaller limit over this range: go on from there
-        _decompress_to(paths.zst, paths.part)
-        seen = _read_part(paths.part)
+        decompress_to(paths.zst, paths.part)
+        seen = read_part(paths.part)
         rep.status = "extended"
     else:
         paths.part.write_bytes(b"")
-        seen = _Seen()
+        seen = Seen()
         rep.status = "collected"
         if have_zst:
             rep.note = "replaces an earlier collection of another range"
-    _write_state(paths.state, {
+    write_state(paths.state, {
         "subreddit": sub, "kind": kind, "api": api.base_url, "since": since, "until": until,
         "limit": limit, "complete": False, "items": seen.count,
         "zst_bytes": zst_bytes if have_zst else None})
@@ -650,14 +270,14 @@ def _collect_kind(api: _Api, sub: str, kind: str, dumps: Path, rep: KindReport, 
     rep.items = seen.count
     rep.first_utc, rep.last_utc = seen.first, seen.last
     if seen.count:
-        _compress(paths.part, paths.tmp, paths.zst)
+        compress(paths.part, paths.tmp, paths.zst)
         rep.written = True
         size = paths.zst.stat().st_size
     else:
         paths.zst.unlink(missing_ok=True)
         rep.status = "no items"
         size = None
-    _write_state(paths.state, {
+    write_state(paths.state, {
         "subreddit": sub, "kind": kind, "api": api.base_url, "since": since, "until": until,
         "limit": limit, "complete": True, "items": seen.count, "exhausted": rep.exhausted,
         "first_utc": seen.first, "last_utc": seen.last, "zst_bytes": size,
@@ -665,7 +285,7 @@ def _collect_kind(api: _Api, sub: str, kind: str, dumps: Path, rep: KindReport, 
     paths.part.unlink(missing_ok=True)
 
 
-def _page_through(api: _Api, sub: str, kind: str, out, seen: _Seen, rep: KindReport, *,
+def _page_through(api: ApiClient, sub: str, kind: str, out, seen: Seen, rep: KindReport, *,
                   limit: int | None, since: int | None, until: int | None,
                   page_size: int | str, progress) -> None:
     """Ask for pages oldest first until the range or the limit runs out.
@@ -693,7 +313,7 @@ def _page_through(api: _Api, sub: str, kind: str, out, seen: _Seen, rep: KindRep
         lines: list[bytes] = []
         ended = False
         for item in items:
-            created = _created(item)
+            created = created_utc(item)
             if created is None:
                 rep.malformed += 1
                 continue

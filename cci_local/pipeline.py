@@ -9,16 +9,14 @@ the prompt cache).  A re-run therefore repeats no model call, and a crashed or
 interrupted run goes on where it stopped.  The evaluations always recompute their
 figures, from stored answers, and keep them (``stage_results``) for the report.
 
-Where a community's documents come from, first that applies:
-``--corpus PATH...``; Arctic Shift per-subreddit dumps (``<name>_submissions.zst``,
-``<name>_comments.zst``) in the dumps folder; documents already in the store; the
-public Arctic Shift API (``cci-local collect``), unless offline.
+Where a community's documents come from: cci_local/data.py.  Before the first stage,
+``check_options()`` checks every stage's options, so that a run does not fail late
+for a flag it could have asked for at the start.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,17 +24,13 @@ from pathlib import Path
 
 import sqlite_utils
 
+from .data import ENV_DUMPS, ENV_URL, NoData, dumps_folder, find_data, find_dumps  # noqa: F401
 from .errors import WorkFailed
 from .llm import USAGE
 from .store import normalise_community
 
 STAGES = ("data", "topics", "generate", "train", "survey", "fidelity", "psychometrics", "report")
 FORCEABLE = ("ingest", "topics", "train")
-ENV_DUMPS = "CCI_LOCAL_DUMPS"
-ENV_URL = "CCI_LOCAL_ARCTIC_SHIFT_URL"  # another Arctic Shift server (a mirror, a stand-in)
-# The subreddit-split dumps' names, and those Arctic Shift's download tool saves.
-DUMP_NAMES = ("{}_submissions.zst", "{}_comments.zst", "{}_posts.jsonl", "{}_comments.jsonl",
-              "{}_posts.jsonl.zst", "{}_comments.jsonl.zst")
 
 
 class PipelineError(WorkFailed):
@@ -114,19 +108,6 @@ class RunReport:
                 "model_calls": self.calls, "models_loaded": sum(s.loads for s in self.stages),
                 "reports": [str(p) for p in self.reports],
                 "stages": [asdict(s) for s in self.stages]}
-
-
-def dumps_folder(db_path: Path, given: str | os.PathLike | None = None) -> Path:
-    """--dumps, else $CCI_LOCAL_DUMPS, else dumps/ beside the store."""
-    return Path(given or os.environ.get(ENV_DUMPS) or Path(db_path).resolve().parent / "dumps")
-
-
-def find_dumps(folder: Path, community: str) -> list[Path]:
-    """Arctic Shift's per-subreddit dumps of ``community`` in ``folder`` (any case)."""
-    if not folder.is_dir():
-        return []
-    wanted = {pattern.format(community).lower() for pattern in DUMP_NAMES}
-    return sorted(p for p in folder.iterdir() if p.name.lower() in wanted and p.is_file())
 
 
 def report_paths(db_path: Path, formats=("md", "html", "json")) -> list[Path]:
@@ -246,88 +227,16 @@ def _line(o: StageOutcome) -> str:
 
 
 def _data(db, state, outcome) -> bool:
-    from .ingest import BadInput, ingest
+    from .ingest import BadInput
 
-    names, options, log = state["names"], state["options"], state["log"]
-    folder = dumps_folder(state["db_path"], options.dumps)
-    force = "ingest" in options.force
-    added = 0
     try:
-        if options.corpus:
-            # Only the communities asked for: files named for others are left unread,
-            # other communities' records in shared files are not stored.
-            rep = ingest(db, list(options.corpus), limit=options.limit, force=force,
-                         only=names)
-            added += rep.total("added")
-            _say_left(rep, log)
-        for name in names:
-            files = find_dumps(folder, name)
-            if not files and not options.corpus and not _documents(db, name):
-                files = _collect(name, folder, options, state["progress"], log)
-            if files:
-                rep = ingest(db, [str(p) for p in files], limit=options.limit, force=force)
-                added += rep.total("added")
-    except BadInput as e:
+        added, counts = find_data(db, state["db_path"], state["names"], state["options"],
+                                  progress=state["progress"], log=state["log"])
+    except (BadInput, NoData) as e:
         raise PipelineError(str(e)) from e
-    counts = {n: _documents(db, n) for n in names}
-    missing = [n for n, c in counts.items() if not c]
-    if missing:
-        raise PipelineError(_no_data_message(missing, folder, options))
     outcome.summary = ", ".join(f"r/{n} {c:,} documents" for n, c in counts.items()) + \
         (f" ({added:,} new)" if added else "")
     return added > 0
-
-
-def _say_left(rep, log) -> None:
-    """One note for the corpus files left and the records of other communities."""
-    left = [s for s in rep.sources if s.status == "left"]
-    other = sum(s.dropped.get("other community", 0) for s in rep.sources)
-    if left:
-        names = ", ".join(s.name for s in left[:6]) + (" ..." if len(left) > 6 else "")
-        log(f"note: left {len(left)} corpus file(s) named for other communities ({names})")
-    if other:
-        log(f"note: skipped {other:,} records of communities not asked for")
-    for s in rep.empty:
-        log(f"warning: {s.path}: {s.note}")
-
-
-def _documents(db, name: str) -> int:
-    return db.execute("SELECT count(*) FROM documents WHERE community = ?", [name]).fetchone()[0]
-
-
-def _collect(name: str, folder: Path, options: RunOptions, progress, log) -> list[Path]:
-    """Fetch ``name``'s public posts and comments from the Arctic Shift API into
-    ``folder``; [] when offline or unreachable (the caller says what to do)."""
-    if options.offline:
-        return []
-    from .collect import DEFAULT_URL, CollectError, collect
-
-    log(f"note: no documents of r/{name} here: fetching its public posts and comments from "
-        f"the Arctic Shift API into {folder} (only the subreddit's name is sent; --offline "
-        "stops this)")
-    try:
-        collect(name, folder, limit=options.collect_limit, since=options.since,
-                base_url=os.environ.get(ENV_URL) or DEFAULT_URL, progress=progress)
-    except (CollectError, ValueError) as e:
-        log(f"note: {e}")
-        return []
-    return find_dumps(folder, name)
-
-
-def _no_data_message(missing: list[str], folder: Path, options: RunOptions) -> str:
-    lines = []
-    for name in missing:
-        if options.corpus:
-            lines.append(f"the corpus ({', '.join(options.corpus)}) has no documents of r/{name}")
-        else:
-            lines.append(f"no documents of r/{name}: put Arctic Shift's dumps {name}_submissions"
-                         f".zst and/or {name}_comments.zst (the subreddit-split dumps; "
-                         f"{name}_posts.jsonl from its download tool does too) into {folder} "
-                         "(or set --dumps / "
-                         f"${ENV_DUMPS}), pass --corpus PATH (NDJSON, .zst, CSV or Reddit "
-                         f"JSON), or run `cci-local collect r/{name}` where the internet can "
-                         "be reached")
-    return "; ".join(lines)
 
 
 def _topics(db, state, outcome) -> bool:

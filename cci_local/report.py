@@ -5,14 +5,14 @@ training, and the figures each evaluation kept (``stage_results``); it never cal
 a model.  One list of blocks (headings, paragraphs, tables, figures) is rendered
 three ways: HTML with its plots embedded (the self-contained one), Markdown with
 its plots in a ``<name>_files/`` folder beside it, and JSON with the data only.
-Plots are drawn with matplotlib's Agg backend (no display needed).
+Plots are drawn with matplotlib's Agg backend (no display needed), by
+cci_local/report_plots.py.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -22,6 +22,7 @@ import sqlite_utils
 
 from . import __version__
 from .errors import CciError
+from .report_plots import plot_curves, plot_emotions, plot_heatmap, plot_scores, plot_survey
 from .store import community_status, load_results
 
 FORMATS = ("md", "html", "json")
@@ -221,7 +222,7 @@ def _training(doc: Doc, db, names: list[str], plots: bool) -> None:
                                          " adapter_id = ? ORDER BY step", [i]).fetchall()
               for i, c, *_ in rows}
     if plots:
-        doc.figure("training-loss", _plot_curves(curves), "Training loss per optimizer step")
+        doc.figure("training-loss", plot_curves(curves), "Training loss per optimizer step")
     fields = ("id", "community", "base", "trainer", "examples", "steps", "total_steps",
               "final_loss", "gguf", "status")
     doc.data["training"] = [dict(zip(fields, r, strict=True)) for r in rows]
@@ -246,7 +247,7 @@ def _survey(doc: Doc, db, names: list[str], plots: bool) -> None:
                   ["answer key", "respondent", "accuracy", "discriminating only",
                    "representativeness"], rows)
         if plots:
-            doc.figure("survey-accuracy", _plot_survey(res),
+            doc.figure("survey-accuracy", plot_survey(res),
                        "Survey accuracy with 95% CI; dashed: majority-letter baseline, dotted: "
                        "random")
         for kind, matrix in res.get("matrix", {}).items():
@@ -255,7 +256,7 @@ def _survey(doc: Doc, db, names: list[str], plots: bool) -> None:
                       ["model", *[f"key r/{c}" for c in keys]],
                       [[m, *[_ci(row.get(c)) for c in keys]] for m, row in matrix.items()])
             if plots:
-                doc.figure(f"survey-matrix-{kind}", _plot_heatmap(matrix, keys),
+                doc.figure(f"survey-matrix-{kind}", plot_heatmap(matrix, keys),
                            f"Cross-community accuracy ({kind} models)")
 
 
@@ -277,7 +278,7 @@ def _fidelity(doc: Doc, db, names: list[str], plots: bool) -> None:
             doc.p(f"{criterion} scored by {scorer}.")
         if plots:
             emotions = _emotions(db, res, r["settings"])
-            doc.figure(f"emotions-{c}", _plot_emotions(emotions),
+            doc.figure(f"emotions-{c}", plot_emotions(emotions),
                        f"Emotion profile (NRC lexicon) of r/{c}'s real documents and of each "
                        "model's kept texts")
 
@@ -323,134 +324,15 @@ def _psychometrics(doc: Doc, db, names: list[str], plots: bool) -> None:
                   [[d["a"], d["b"], d["score"], _ci(d), f"{d['p']:.3f}"]
                    for d in res.get("differences", [])])
         if plots:
-            doc.figure(f"psychometrics-{number}", _plot_scores(respondents, measures),
+            doc.figure(f"psychometrics-{number}", plot_scores(respondents, measures),
                        f"{res['instrument']}: scores with 95% CI")
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    _pyplot().close(fig)
-    return buf.getvalue()
-
-
-def _errors(cells: list[dict | None]):
-    values = [c["value"] if c else 0.0 for c in cells]
-    low = [max(0.0, c["value"] - c["low"]) if c else 0.0 for c in cells]
-    high = [max(0.0, c["high"] - c["value"]) if c else 0.0 for c in cells]
-    return values, [low, high]
-
-
-def _plot_curves(curves: dict[str, list]) -> bytes | None:
-    curves = {k: v for k, v in curves.items() if v}
-    if not curves:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3))
-    for label, points in curves.items():
-        ax.plot([s for s, _ in points], [loss for _, loss in points], marker=".", label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend(fontsize=8)
-    return _png(fig)
-
-
-def _plot_survey(res: dict) -> bytes | None:
-    import numpy as np
-
-    groups = [(c, v) for c, v in res["communities"].items() if v["respondents"]]
-    if not groups:
-        return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups) + 1, 3.2), squeeze=False)
-    for ax, (c, v) in zip(axes[0], groups, strict=True):
-        labels = list(v["respondents"])
-        values, err = _errors([v["respondents"][r]["accuracy"] for r in labels])
-        ax.bar(np.arange(len(labels)), values, yerr=err, capsize=4, color="#4c72b0")
-        if v["majority_letter"]:
-            ax.axhline(v["majority_letter"]["value"], color="k", linestyle="--", linewidth=1)
-        ax.axhline(v["random"], color="grey", linestyle=":", linewidth=1)
-        ax.set_xticks(np.arange(len(labels)), [lb.split(":")[0] for lb in labels])
-        ax.set_ylim(0, 1)
-        ax.set_title(f"key r/{c}", fontsize=10)
-    axes[0][0].set_ylabel("accuracy")
-    return _png(fig)
-
-
-def _plot_heatmap(matrix: dict, keys: list[str]) -> bytes | None:
-    import numpy as np
-
-    if not matrix:
-        return None
-    plt = _pyplot()
-    rows = list(matrix)
-    values = np.array([[(matrix[r].get(c) or {}).get("value", np.nan) for c in keys]
-                       for r in rows], dtype=float)
-    fig, ax = plt.subplots(figsize=(1.6 * len(keys) + 2, 0.6 * len(rows) + 1.2))
-    image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis")
-    for i in range(len(rows)):
-        for j in range(len(keys)):
-            if not np.isnan(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center",
-                        color="white" if values[i, j] < 0.6 else "black")
-    ax.set_xticks(range(len(keys)), [f"key r/{c}" for c in keys])
-    ax.set_yticks(range(len(rows)), rows)
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    return _png(fig)
-
-
-def _plot_emotions(dists: dict[str, list[float]]) -> bytes | None:
-    import numpy as np
-
-    from .evaluate.emotion import EMOTIONS
-
-    if len(dists) < 2:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 3))
-    width = 0.8 / len(dists)
-    x = np.arange(len(EMOTIONS))
-    for i, (label, values) in enumerate(dists.items()):
-        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=label)
-    ax.set_xticks(x, EMOTIONS, rotation=30, fontsize=8)
-    ax.set_ylabel("share of emotion words")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    return _png(fig)
-
-
-def _plot_scores(respondents: dict, measures: list[str]) -> bytes | None:
-    import numpy as np
-
-    if not respondents or not measures:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(measures) * len(respondents) / 2), 3))
-    width = 0.8 / len(respondents)
-    x = np.arange(len(measures))
-    for i, (who, v) in enumerate(respondents.items()):
-        values, err = _errors([v["scores"][m] for m in measures])
-        ax.bar(x + i * width - 0.4 + width / 2, values, width, yerr=err, capsize=3, label=who)
-    ax.set_xticks(x, measures, fontsize=8)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    return _png(fig)
 
 
 # --------------------------------------------------------------------------- rendering
 
 
 def render_markdown(doc: Doc, figures_dir: Path) -> str:
+    """The report as Markdown; its plots are written as PNG files into ``figures_dir``."""
     lines = [f"# {doc.title}", ""]
     for block in doc.blocks:
         kind = block[0]
@@ -486,6 +368,7 @@ img{max-width:100%}h2{border-bottom:2px solid #4c72b0;padding-bottom:.2em;margin
 
 
 def render_html(doc: Doc) -> str:
+    """The report as one self-contained HTML page, its plots embedded as PNG data."""
     esc = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>{esc(doc.title)}</title><style>{_CSS}</style></head><body>",

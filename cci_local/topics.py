@@ -359,6 +359,8 @@ def _store(db, key, names, params, rows, labels, keyword_lists, chunk_rows, chun
 
 
 def load_summary(db, run_id: int, reused: bool = False) -> TopicSummary:
+    """A stored topic run as ``fit_topics`` returns it: topics, keywords, community
+    shares, chunk rows, silhouettes and notes (``reused``: it was found, not fitted)."""
     run = db.execute("SELECT communities, n_documents, n_outliers, silhouette,"
                      " silhouette_shuffled FROM topic_runs WHERE id = ?", [run_id]).fetchone()
     names = json.loads(run[0])

@@ -1,5 +1,5 @@
 -- The store's schema, version 13, as a fresh store gets it from
--- cci_local/store.py's migrations.  Written by `python tests/test_architecture.py --schema`;
+-- cci_local/migrations.py.  Written by `python tests/test_architecture.py --schema`;
 -- tests/test_architecture.py fails when it no longer matches.
 
 CREATE TABLE adapters ( id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, community TEXT NOT NULL REFERENCES communities(name), base TEXT NOT NULL, base_identity TEXT NOT NULL, trainer TEXT NOT NULL, data_hash TEXT NOT NULL, examples INTEGER NOT NULL, settings TEXT NOT NULL, status TEXT NOT NULL CHECK (status IN ('training', 'done')), steps INTEGER, total_steps INTEGER, final_loss REAL, path TEXT NOT NULL, gguf TEXT, modelfile TEXT, created_at REAL NOT NULL, finished_at REAL);

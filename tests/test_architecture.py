@@ -111,6 +111,25 @@ def test_the_checker_finds_a_cycle(tmp_path):
     assert found == [["cci_local.a", "cci_local.sub.b"]]
 
 
+# Each stage's entry module (and the modules around the pipeline): every public function
+# says what it does.
+DOCUMENTED = ["ingest/__init__.py", "topics.py", "generate/__init__.py", "generate/cross.py",
+              "generate/templates.py", "train/__init__.py", "evaluate/survey.py",
+              "evaluate/psychometrics.py", "evaluate/fidelity.py", "report.py", "pipeline.py",
+              "export.py", "collect.py", "ask.py", "chat.py", "respondents.py", "store.py",
+              "data.py"]
+
+
+def test_public_functions_of_the_stage_modules_have_docstrings():
+    missing = []
+    for name in DOCUMENTED:
+        tree = ast.parse((PACKAGE / name).read_text(encoding="utf-8"))
+        missing += [f"cci_local/{name}: {node.name}()" for node in tree.body
+                    if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")
+                    and not ast.get_docstring(node)]
+    assert not missing, "public functions without a docstring: " + ", ".join(missing)
+
+
 def schema_snapshot(path: Path) -> str:
     """The schema of a fresh store at ``path``: every table, index and trigger, as SQL."""
     from cci_local.store import SCHEMA_VERSION, open_store
@@ -119,7 +138,7 @@ def schema_snapshot(path: Path) -> str:
     rows = db.execute("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL"
                       " AND name NOT LIKE 'sqlite_%' ORDER BY type DESC, name").fetchall()
     head = (f"-- The store's schema, version {SCHEMA_VERSION}, as a fresh store gets it from\n"
-            "-- cci_local/store.py's migrations.  Written by `python tests/test_architecture.py"
+            "-- cci_local/migrations.py.  Written by `python tests/test_architecture.py"
             " --schema`;\n-- tests/test_architecture.py fails when it no longer matches.\n")
     return head + "".join(f"\n{sql};\n" for _, _, sql in rows)
 

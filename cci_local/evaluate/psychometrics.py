@@ -41,6 +41,9 @@ def instrument_hash(inst: Instrument) -> str:
 
 
 def item_messages(inst: Instrument, item_id: str, prefix: str, persona: str | None) -> list:
+    """The chat messages that put one instrument item: the persona and the persona prefix
+    as the system turn, then the preamble, the item and its options (or the count
+    instruction)."""
     item, scale = inst.item(item_id), inst.scale_of(item_id)
     parts = [inst.preamble, item.text]
     if scale.kind == "choice":

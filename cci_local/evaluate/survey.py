@@ -48,6 +48,8 @@ class Answer:
 
 def question_messages(question: str, options: dict[str, str], *, persona: str | None = None,
                       template: str = QUESTION) -> list[dict]:
+    """The chat messages that put a multiple-choice question: the persona as the system
+    turn (if any), then the question and its lettered options by ``template``."""
     text = template.format(question=question,
                            options="\n".join(f"{k}) {v}" for k, v in options.items()))
     return ([{"role": "system", "content": persona}] if persona else []) + \

@@ -62,6 +62,8 @@ def resolve_base(name: str) -> Base:
 
 
 def base_identity(db, base: Base) -> str:
+    """What the base model is, by content: the GGUF's SHA-256, or a hash of a Hugging Face
+    folder's weights and config.  Adapters are found by it, whatever the file is called."""
     from ..llm.cache import file_sha256
 
     if base.gguf:
@@ -109,11 +111,14 @@ def load_base(base: Base, config: TrainConfig):
 
 
 def adapters_dir(db: sqlite_utils.Database) -> Path:
+    """Where the adapters of this store are written: ``adapters/`` beside the store."""
     path = db.conn.execute("PRAGMA database_list").fetchone()[2]
     return Path(path).resolve().parent / "adapters"
 
 
 def run_key(community: str, base_ident: str, hashed: str, trainer: str, kinds, config) -> str:
+    """The identity of a training run: the same community, base, data, trainer, kinds and
+    settings (checkpointing and device aside) give the same key, so the run is reused."""
     settings = {k: v for k, v in config.as_dict().items() if k not in ("checkpoint_every",
                                                                       "device")}
     blob = json.dumps([community, base_ident, hashed, trainer, list(kinds), settings],
