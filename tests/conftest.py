@@ -15,6 +15,7 @@ import orjson
 import pytest
 import zstandard
 
+from cci_local.llm import Backend, Completion
 from cci_local.store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,3 +207,47 @@ def detoxify_checkpoint(tmp_path_factory):
         "dataset": {"args": {"classes": classes}}}, "state_dict": model.state_dict()},
         folder / "tiny.ckpt")
     return folder / "tiny.ckpt", folder
+
+
+class ScriptedBackend(Backend):
+    """A fake model for logic tests: its reply to the n-th call is
+    ``script(n, messages, schema)`` (a string, or an object sent as JSON).  It keeps
+    every request, and how many calls overlapped (``max_active``)."""
+
+    spec = "scripted"
+    context_length = 8192
+
+    def __init__(self, script, concurrent=False, delay=0.0):
+        import threading
+
+        super().__init__()
+        self.script, self.concurrent, self.delay = script, concurrent, delay
+        self.requests: list[list[dict]] = []
+        self.active = self.max_active = 0
+        self._lock = threading.Lock()
+
+    def identity(self, file_hash):
+        return f"{self.spec}:v1"
+
+    def chat(self, messages, *, schema=None, sampling=None):
+        import json
+        import time
+
+        with self._lock:
+            n = len(self.requests)
+            self.requests.append(messages)
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            time.sleep(self.delay)
+            reply = self.script(n, messages, schema)
+            return Completion(reply if isinstance(reply, str) else json.dumps(reply), 100, 50)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
+@pytest.fixture
+def scripted():
+    """The ScriptedBackend class: ``scripted(lambda n, messages, schema: ...)``."""
+    return ScriptedBackend

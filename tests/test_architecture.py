@@ -1,6 +1,6 @@
 """The shape of the code: the import graph of cci_local has no cycle, counting the
 imports inside functions too (a lazy import still ties two modules together); and
-docs/schema.sql is the schema a fresh store gets from store.py's migrations.
+docs/schema.sql is the schema a fresh store gets from cci_local/migrations.py.
 
     python tests/test_architecture.py            # print the import graph's cycles
     python tests/test_architecture.py --schema   # rewrite docs/schema.sql"""

@@ -18,19 +18,18 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 import pytest
-from conftest import CORPUS_2022, cci
+from conftest import CORPUS_2022, ScriptedBackend, cci
 
 from cci_local.export import export
 from cci_local.generate import CrossOptions, build_messages, cross_instruct
 from cci_local.generate.cross import _Row, fit_prompt
 from cci_local.generate.rows import _REFERS_TO_SOURCE
 from cci_local.ingest import ingest
-from cci_local.llm import Backend, BackendError, Completion, get_backend
+from cci_local.llm import BackendError, get_backend
 from cci_local.store import open_store
 from cci_local.topics import TopicParams, fit_topics
 
@@ -57,37 +56,17 @@ def good_reply(communities: list[str], seed: str, n_open=3, n_choice=2, letters=
                              "answers": dict(letters)} for k in range(n_choice)]}
 
 
-class ScriptedTeacher(Backend):
-    """A teacher whose reply to the n-th call is ``script(n, messages, communities)``."""
+class ScriptedTeacher(ScriptedBackend):
+    """A teacher whose reply to the n-th call is ``script(n, messages, communities)``
+    (the communities the row's JSON schema asks answers of)."""
 
     spec = "scripted-teacher"
-    context_length = 8192
 
     def __init__(self, script, concurrent=False, delay=0.0):
-        super().__init__()
-        self.script, self.concurrent, self.delay = script, concurrent, delay
-        self.requests: list[list[dict]] = []
-        self.active = self.max_active = 0
-        self._lock = threading.Lock()
-
-    def identity(self, file_hash):
-        return "scripted:v1"
-
-    def chat(self, messages, *, schema=None, sampling=None):
-        with self._lock:
-            n = len(self.requests)
-            self.requests.append(messages)
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
-        try:
-            time.sleep(self.delay)
-            communities = schema["properties"]["open_ended"]["items"]["properties"][
-                "answers"]["required"]
-            reply = self.script(n, messages, communities)
-            return Completion(reply if isinstance(reply, str) else json.dumps(reply), 100, 50)
-        finally:
-            with self._lock:
-                self.active -= 1
+        def reply(n, messages, schema):
+            return script(n, messages, schema["properties"]["open_ended"]["items"][
+                "properties"]["answers"]["required"])
+        super().__init__(reply, concurrent=concurrent, delay=delay)
 
 
 @pytest.fixture

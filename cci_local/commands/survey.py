@@ -47,13 +47,14 @@ def survey_cmd(obj, communities, survey_file, base, split_by, scoring, no_person
     """Administer a survey to the base model, the persona-prompted base and each
     community's aligned model: the held-out CommSurvey of COMMUNITIES (default: all),
     or with --survey a file of your own.  Answers are stored; a re-run asks nothing twice."""
-    from ..evaluate.survey import PERSONA, QUESTION, run_survey
+    from ..evaluate.survey import PERSONA, QUESTION, check_wording, run_survey
     from ..evaluate.survey_file import load_survey, survey_communities
     from ..llm import default_model
     from ..store import normalise_community, select_communities
 
     template = question_template or QUESTION
     persona_text = persona_text or PERSONA
+    check_wording(template, persona_text)  # before anything is read or stored
     survey_id = None
     if survey_file:
         survey_id = load_survey(obj.db, survey_file)
