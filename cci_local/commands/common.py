@@ -5,6 +5,7 @@ with its code, in one place."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from datetime import datetime, timezone
@@ -50,6 +51,17 @@ def fail(message: str, code: int = 2):
 
 def note(text: str) -> None:
     out.print(f"note: {text}", style="dim", highlight=False, soft_wrap=True)
+
+
+def json_or_notes(data: dict, notes: list[str], as_json: bool) -> bool:
+    """With --json, print ``data`` as JSON and return True (the command is done);
+    else print the stage's notes and return False (the tables follow)."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return True
+    for text in notes:
+        note(text)
+    return False
 
 
 # --------------------------------------------------------------------------- options

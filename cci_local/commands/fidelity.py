@@ -3,14 +3,13 @@ documents.  The stage itself: cci_local/evaluate/fidelity.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 from rich import box
 from rich.table import Table
 
-from .common import base_option, ci, fail, json_option, out, seed_option, staged
+from .common import base_option, ci, fail, json_option, json_or_notes, out, seed_option, staged
 
 
 @click.command(name="fidelity")
@@ -70,12 +69,8 @@ def fidelity_cmd(obj, community, base, samples, real, max_tokens, temperature, m
             judges=judges, progress=progress))
     except ValueError as e:
         fail(str(e))
-    data = result.as_dict()
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
+    if json_or_notes(result.as_dict(), result.notes, as_json):
         return
-    for note in result.notes:
-        out.print(f"note: {note}", style="dim", highlight=False, soft_wrap=True)
     table = Table(box=box.SIMPLE_HEAD, title=f"screened before scoring (perplexity cap "
                   f"{result.perplexity_cap:.1f})", title_justify="left")
     reasons = ["empty", "near copy", "duplicate", "gibberish"]

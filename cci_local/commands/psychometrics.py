@@ -4,13 +4,20 @@ respondent.  The stage itself: cci_local/evaluate/psychometrics.py."""
 
 from __future__ import annotations
 
-import json
-
 import click
 from rich import box
 from rich.table import Table
 
-from .common import base_option, ci, communities_argument, json_option, out, seed_option, staged
+from .common import (
+    base_option,
+    ci,
+    communities_argument,
+    json_option,
+    json_or_notes,
+    out,
+    seed_option,
+    staged,
+)
 
 
 @click.command(name="psychometrics")
@@ -58,12 +65,8 @@ def psychometrics_cmd(obj, communities, instrument, item_bank, repeats, prefixes
     measures = result.measures()
     pairs = result.compared()
     kind = pairs[0][0].split(":")[0] if pairs else "aligned"
-    data = result.as_dict()
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
+    if json_or_notes(result.as_dict(), result.notes, as_json):
         return
-    for note in result.notes:
-        out.print(f"note: {note}", style="dim", highlight=False, soft_wrap=True)
     if not scores:
         return
     used = len(result.instrument.personas)

@@ -3,8 +3,6 @@ scored against each community's answers.  The stage itself: cci_local/evaluate/s
 
 from __future__ import annotations
 
-import json
-
 import click
 from rich import box
 from rich.table import Table
@@ -15,6 +13,7 @@ from .common import (
     communities_argument,
     fail,
     json_option,
+    json_or_notes,
     out,
     staged,
 )
@@ -71,12 +70,8 @@ def survey_cmd(obj, communities, survey_file, base, split_by, scoring, no_person
         obj.db, names, base, split_by=split_by, survey_id=survey_id, persona=not no_persona,
         aligned=not no_aligned, persona_text=persona_text, template=template, scoring=scoring,
         samples=samples, survey_file=survey_file, progress=progress))
-    data = result.as_dict(names)
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
+    if json_or_notes(result.as_dict(names), result.notes, as_json):
         return
-    for note in result.notes:
-        out.print(f"note: {note}", style="dim", highlight=False, soft_wrap=True)
     if result.items:
         _survey_tables(result, names)
 
