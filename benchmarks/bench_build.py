@@ -90,8 +90,8 @@ def main() -> None:
         child(args.child, args.prompts, args.max_tokens)
         return
 
-    from cci_local.buildflags import AMX_MNEMONICS
-    from cci_local.llm.cpucheck import lib_dir
+    from cci_local.buildflags import amx_instructions
+    from cci_local.llm.cpucheck import build_features, lib_dir
 
     version = importlib.metadata.version("llama-cpp-python")
     builds = {"default": None, "native": native_build(version)}
@@ -115,18 +115,13 @@ def main() -> None:
 
     def amx(folder: Path) -> str:
         libs = sorted(folder.glob("libggml-cpu*.so*"))
-        if not libs:
-            return "?"
-        code = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(libs[0])],
-                              capture_output=True, text=True).stdout
-        return "AMX" if AMX_MNEMONICS.search(code) else "no AMX"
+        return ("AMX" if amx_instructions(libs[0]) else "no AMX") if libs else "?"
 
     print(f"build benchmark: llama-cpp-python {version}, embedded model, {args.rounds} rounds "
           f"x {args.prompts} prompts per build, alternating; medians over rounds")
     folders = {"default": lib_dir(), "native": builds["native"]}
     for name in builds:
-        info = results[name][0]["info"].replace("CPU :", "|")
-        flags = [p.split("=")[0].strip() for p in info.split("|") if p.strip().endswith("= 1")]
+        flags = build_features(results[name][0]["info"])
         print(f"  {name:8} ({amx(folders[name])}; {' '.join(flags)})")
         print(f"           generation {rate(name, 'gen'):7.1f} tokens/s   "
               f"prompt reading {rate(name, 'read'):8.1f} tokens/s")

@@ -84,6 +84,17 @@ AMX_MNEMONICS = re.compile(r"\b(ldtilecfg|sttilecfg|tilezero|tileloadd\w*|tilest
                            r"tilerelease|tdpb\w+|tdpfp16ps)\b")
 
 
+def amx_instructions(binary: str | os.PathLike) -> list[str]:
+    """The AMX instructions in a binary or library, by objdump (binutils); raises
+    FileNotFoundError where objdump is missing."""
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        raise FileNotFoundError("objdump (binutils) is needed: apt-get install binutils")
+    code = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(binary)],
+                          capture_output=True, text=True, check=True).stdout
+    return sorted(set(AMX_MNEMONICS.findall(code)))
+
+
 def cpu_flags() -> set[str]:
     """The flags the CPU advertises (Linux /proc/cpuinfo); empty where unknown."""
     try:

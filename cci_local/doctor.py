@@ -201,10 +201,10 @@ def _build_info() -> str:
     """The CPU features the installed llama.cpp was compiled with (its own report)."""
     import llama_cpp
 
+    from .llm.cpucheck import build_features
+
     info = llama_cpp.llama_print_system_info().decode(errors="replace")
-    on = [part.split("=")[0].strip() for part in info.replace("CPU :", "|").split("|")
-          if part.strip().endswith("= 1")]
-    return " ".join(on) or info.strip()
+    return " ".join(build_features(info)) or info.strip()
 
 
 def _accelerator() -> str:

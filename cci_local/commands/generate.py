@@ -17,6 +17,7 @@ from .common import (
     console,
     fail,
     interrupted,
+    note,
     out,
     progress_bar,
     seed_option,
@@ -149,5 +150,5 @@ def _print_cross(r) -> None:
     out.print(f"{r.calls:,} model calls ({r.cached:,} answers read from the store), "
               f"{r.retries:,} retries, {r.output_tokens:,} output tokens in {r.seconds:,.1f} s"
               f"{rate}", highlight=False)
-    for note in r.notes:
-        out.print(f"note: {note}", style="dim", highlight=False, soft_wrap=True)
+    for text in r.notes:
+        note(text)

@@ -7,7 +7,7 @@ import click
 from rich import box
 from rich.table import Table
 
-from .common import DocsPerSecond, advance, communities_argument, console, out, seed_option
+from .common import DocsPerSecond, advance, communities_argument, console, note, out, seed_option
 
 
 @click.command()
@@ -77,8 +77,8 @@ def _print_topics(summary) -> None:
     out.print(f"{len(summary.topics)} topics over {summary.n_documents:,} documents; "
               f"{summary.n_outliers:,} outliers dropped{sil}; "
               f"{sum(t['chunk_rows'] for t in summary.topics)} chunk rows", highlight=False)
-    for note in summary.notes:
-        out.print(f"note: {note}", style="dim", highlight=False, soft_wrap=True)
+    for text in summary.notes:
+        note(text)
     if summary.reused:
         out.print("already fitted with these documents and settings (--force refits)",
                   style="dim", highlight=False)

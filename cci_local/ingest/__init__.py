@@ -422,7 +422,8 @@ def _ingest_source(db, plan: _Plan, convert: Converter, rep: SourceReport, *, st
         rep.format = info.get("shape", rep.format)
         if rep.records == rep.bad and size:
             # Not marked complete: the next run reads it again and says so again.
-            rep.status, rep.note = "no records", _no_records(plan, convert, rep)
+            rep.status, rep.note = "no records", _no_records(plan, convert, rep,
+                                                             info.get("document"))
             flush()
             if strict:
                 raise BadInput(f"{plan.shown}: {rep.note} (--strict: stopped here)")
@@ -443,8 +444,11 @@ def _ingest_source(db, plan: _Plan, convert: Converter, rep: SourceReport, *, st
         rep.seconds = time.monotonic() - started
 
 
-def _no_records(plan: _Plan, convert: Converter, rep: SourceReport) -> str:
-    """Why a non-empty file gave no record: its shape, what was expected, how to map it."""
+def _no_records(plan: _Plan, convert: Converter, rep: SourceReport, document=None) -> str:
+    """Why a non-empty file gave no record: its shape, what was expected, how to map it.
+    ``document``: a JSON file's content as read already (not parsed twice)."""
+    if document is not None:
+        return _no_records_message(plan, convert, rep, describe_value(document))
     shape = "its shape could not be read"
     stream, raw, _ = open_decompressed(plan.path)
     try:
@@ -462,6 +466,10 @@ def _no_records(plan: _Plan, convert: Converter, rep: SourceReport) -> str:
         pass
     finally:
         raw.close()
+    return _no_records_message(plan, convert, rep, shape)
+
+
+def _no_records_message(plan: _Plan, convert: Converter, rep: SourceReport, shape: str) -> str:
     first = rep.errors[0][1] if rep.errors else ""
     why = "" if first.startswith(("no text field", "expected a JSON object")) else f" ({first})"
     expected = f"{convert.fields.describe()} to find text" if convert.fields else EXPECTED

@@ -364,14 +364,11 @@ def read_json(stream: io.BufferedReader, info: dict | None = None) -> Iterator[T
         info["shape"] = "reddit-json" if listing[0] else "json"
 
 
-read_reddit_json = read_json
-
-
-def _walk(node, listing: list, top: bool = True) -> Iterator[tuple[str, object]]:
+def _walk(node, listing: list) -> Iterator[tuple[str, object]]:
     if isinstance(node, list):
         for child in node:
             if isinstance(child, (dict, list)):
-                yield from _walk(child, listing, top=False)
+                yield from _walk(child, listing)
             else:
                 yield "record", child
         return
@@ -381,12 +378,12 @@ def _walk(node, listing: list, top: bool = True) -> Iterator[tuple[str, object]]
     data = node.get("data")
     if kind == "Listing" and isinstance(data, dict):
         listing[0] = True
-        yield from _walk(data.get("children") or [], listing, top=False)
+        yield from _walk(data.get("children") or [], listing)
     elif kind in ("t1", "t3"):
         listing[0] = True
         yield ("comment" if kind == "t1" else "submission"), data
         if isinstance(data, dict) and isinstance(data.get("replies"), dict):
-            yield from _walk(data["replies"], listing, top=False)
+            yield from _walk(data["replies"], listing)
     elif kind == "more":
         return  # "load more comments": ids only, no text
     elif kind is None and isinstance(data, list):  # Arctic Shift API page

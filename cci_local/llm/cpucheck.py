@@ -116,6 +116,13 @@ def probe(command: list[str] | None = None, timeout: float = 300) -> ProbeResult
     return ProbeResult(True, detail, seconds=seconds)
 
 
+def build_features(info: str) -> list[str]:
+    """The instruction sets a llama.cpp build reports as on, from its
+    ``llama_print_system_info()`` ('CPU : SSE3 = 1 | AVX = 1 | ...')."""
+    return [part.split("=")[0].strip() for part in info.replace("CPU :", "|").split("|")
+            if part.strip().endswith("= 1")]
+
+
 def rebuild_command() -> str:
     from ..buildflags import rebuild_command as command
 
