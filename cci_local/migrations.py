@@ -445,10 +445,17 @@ def _v13_asked(db: sqlite_utils.Database) -> None:
                " ''), respondent, model, sampling, coalesce(session, 0), coalesce(turn, 0))")
 
 
+def _v14_topic_settings(db: sqlite_utils.Database) -> None:
+    # What the clustering actually did (min cluster size used, selection, a
+    # degenerate topic split and into how many), with the notes the user was shown.
+    db.execute("ALTER TABLE topic_runs ADD COLUMN settings TEXT")
+
+
 # Append only.  MIGRATIONS[i] upgrades a store from version i to version i + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_documents, _v2_llm_calls, _v3_topics, _v4_instructions,
     _v5_teacher_rows, _v6_adapters, _v7_survey_answers,
     _v8_outside_surveys, _v9_instrument_answers, _v10_fidelity,
-    _v11_fidelity_judgments, _v12_stage_results, _v13_asked]
+    _v11_fidelity_judgments, _v12_stage_results, _v13_asked,
+    _v14_topic_settings]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,12 +1,13 @@
 """Topics and chunks across communities (docs/method.md#topics, docs/method.md#chunk-rows).
 
 ``fit_topics(db, communities)`` embeds every document of the selected communities
-together, reduces the embeddings (UMAP, as BERTopic does; PCA when umap-learn is
-missing), clusters them with HDBSCAN (outliers dropped and counted) or KMeans when
-a topic count is asked for, names each topic by class-based TF-IDF keywords with
-a diversity step, and cuts each topic into chunk rows: one chunk of on-topic
-documents per community, the unit the teacher sees.  Seeded and deterministic;
-a fit with the same documents and parameters is reused, not redone.
+together, clusters the embeddings (cluster.py: UMAP, then HDBSCAN with outliers
+dropped and counted and degenerate structure split, or KMeans when a topic count
+is asked for), names each topic by class-based TF-IDF keywords with a diversity
+step, and cuts each topic into chunk rows: one chunk of on-topic documents per
+community, the unit the teacher sees.  Seeded and deterministic; a fit with the
+same documents and parameters is reused, not redone, and what the clustering
+did is stored in the run's settings.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import json
 import math
 import statistics
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import sqlite_utils
 
+from .cluster import ClusterError, ClusterSettings, cluster
 from .embed import EMBEDDERS, embed_documents
 from .errors import CciError
 from .store import UnknownCommunity, select_communities
@@ -49,8 +50,13 @@ class TopicParams:
     reducer: str = "umap"  # umap | pca
     dims: int = 5  # reduced space (the paper: UMAP, 15 neighbours, 5 dimensions)
     neighbours: int = 15
+    clusterer: str | None = None  # hdbscan | kmeans; None: kmeans when n_topics is given
     n_topics: int | None = None  # KMeans with this many topics instead of HDBSCAN
     min_cluster_size: int | None = None  # HDBSCAN; None: 40 (the paper's) scaled to the corpus
+    selection: str = "eom"  # HDBSCAN's cluster selection: eom (excess of mass) | leaf
+    split: bool = True  # split a dominant topic, or too few topics (cluster.split_degenerate)
+    max_share: float = 0.25  # a topic holding more of the clustered documents is dominant
+    min_topics: int = 12  # fewer is degenerate, where the corpus can hold that many
     n_keywords: int = 10
     diversity: float = 0.3
     seed: int = 0
@@ -73,77 +79,10 @@ class TopicSummary:
     topics: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     embedded_now: int = 0
+    settings: dict = field(default_factory=dict)  # what the clustering did (cluster.py)
 
 
 # --------------------------------------------------------------------------- fitting
-
-
-def _reduce(vectors: np.ndarray, params: TopicParams, notes: list[str]) -> np.ndarray:
-    dims = min(params.dims, vectors.shape[1], max(2, len(vectors) - 2))
-    if params.reducer == "umap":
-        try:
-            import umap
-        except ImportError:
-            notes.append("umap-learn is not installed: reduced with PCA instead "
-                         "(pip install umap-learn for the paper's UMAP)")
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                reducer = umap.UMAP(n_neighbors=min(params.neighbours, len(vectors) - 1),
-                                    n_components=dims, min_dist=0.0, metric="cosine",
-                                    random_state=params.seed, low_memory=True)
-                return reducer.fit_transform(vectors)
-    from sklearn.decomposition import PCA
-
-    return PCA(dims, random_state=params.seed).fit_transform(vectors)
-
-
-def _cluster(vectors: np.ndarray, params: TopicParams,
-             notes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Labels 0..k-1 (-1: outlier) for every document, plus the reduced coordinates
-    and labels of the clustered sample (for the silhouette).
-
-    Large corpora: a seeded sample is reduced and clustered; every other document
-    joins the topic most of its 10 nearest sampled neighbours (in the embedding
-    space) are in, outliers included."""
-    n = len(vectors)
-    rng = np.random.default_rng(params.seed)
-    sample = np.sort(rng.choice(n, params.sample, replace=False)) if n > params.sample \
-        else np.arange(n)
-    reduced = _reduce(vectors[sample], params, notes)
-    if params.n_topics:
-        from sklearn.cluster import KMeans
-
-        if params.n_topics >= len(sample):
-            raise TopicsError(f"--topics {params.n_topics} needs more than {n} documents")
-        labels = KMeans(params.n_topics, n_init=4, random_state=params.seed).fit_predict(reduced)
-    else:
-        from sklearn.cluster import HDBSCAN
-
-        size = params.min_cluster_size or max(5, min(40, len(sample) // 100))
-        if params.min_cluster_size is None and size != 40:
-            notes.append(f"HDBSCAN min cluster size {size} (the paper's 40 scaled to "
-                         f"{len(sample):,} documents)")
-        labels = HDBSCAN(min_cluster_size=size, min_samples=min(10, size),
-                         copy=True).fit_predict(reduced)
-    full = np.full(n, -1)
-    full[sample] = labels
-    if len(sample) < n:
-        from sklearn.neighbors import KNeighborsClassifier
-
-        rest = np.setdiff1d(np.arange(n), sample)
-        knn = KNeighborsClassifier(n_neighbors=10).fit(vectors[sample], labels)
-        for start in range(0, len(rest), 20_000):
-            part = rest[start:start + 20_000]
-            full[part] = knn.predict(vectors[part])
-        notes.append(f"clustered a seeded sample of {len(sample):,} documents; the other "
-                     f"{n - len(sample):,} joined their nearest neighbours' topics")
-    # Number topics by size, largest first.
-    found = [t for t in np.unique(full) if t >= 0]
-    order = sorted(found, key=lambda t: (-int((full == t).sum()), t))
-    mapping = {old: new for new, old in enumerate(order)}
-    renumber = np.vectorize(lambda t: mapping.get(t, -1), otypes=[int])
-    return renumber(full), reduced, renumber(labels)
 
 
 def _silhouettes(reduced, labels, seed) -> tuple[float | None, float | None]:
@@ -220,37 +159,49 @@ def _chunk_rows(doc_ids, communities_of, labels, names, params: TopicParams,
     need = params.min_communities or max(1, math.ceil(0.8 * len(names)))
     need = min(need, len(names))
     # A row needs `need` communities, so a topic's row count is limited by its
-    # need-th largest community: scale chunks to what that typically holds.
+    # need-th largest community.  Chunks keep the paper's size unless the corpus
+    # is small: when that community, in a typical topic, cannot fill even half a
+    # chunk, chunks shrink to fit it.  Between the two, a topic too thin for a
+    # full chunk gives one row of what each community has, when that is at least
+    # half a chunk, so that many thin topics do not count as a small corpus.
     bottleneck = [sorted((len(groups.get((t, n), [])) for n in names), reverse=True)[need - 1]
                   for t in range(k)]
     typical = int(statistics.median(bottleneck)) if bottleneck else 0
     min_docs, max_docs = params.chunk_min_docs, params.chunk_max_docs
-    if typical < min_docs:
+    if typical < math.ceil(min_docs / 2):
         min_docs = max(3, min(min_docs, typical // 2))
         max_docs = max(min_docs, min(max_docs, typical))
         notes.append(f"small corpus: in a typical topic the {need} best-represented communities "
                      f"have only {typical} documents each, so chunks hold {min_docs}-{max_docs} "
                      f"documents instead of {params.chunk_min_docs}-{params.chunk_max_docs}")
+    least = max(3, math.ceil(min_docs / 2))
     rows: dict[int, list[dict]] = {}
+    thin = 0
     for t in range(k):
         per_community = {}
+        full = bottleneck[t] >= min_docs
         for name in names:
             docs = sorted(groups.get((t, name), []))
-            if len(docs) < min_docs:
+            if len(docs) < (min_docs if full else least):
                 continue
             seed = int(hashlib.sha256(f"{params.seed}:{t}:{name}".encode()).hexdigest()[:8], 16)
             docs = [docs[i] for i in np.random.default_rng(seed).permutation(len(docs))]
-            count = min(params.max_chunks, len(docs) // min_docs)
+            count = max(1, min(params.max_chunks, len(docs) // min_docs))
             size = min(max_docs, len(docs) // count)
             per_community[name] = [docs[r * size:(r + 1) * size] for r in range(count)]
         most = max((len(c) for c in per_community.values()), default=0)
         rows[t] = []
-        for r in range(most):
+        for r in range(most if full else min(most, 1)):
             row = {name: chunks[r] for name, chunks in per_community.items() if r < len(chunks)}
             if len(row) >= need:
                 rows[t].append(row)
+        thin += bool(rows[t]) and not full
+    if thin:
+        notes.append(f"{thin} topic{'s' if thin > 1 else ''} too thin for chunks of {min_docs} "
+                     f"gave one row each, of the {least}-{min_docs - 1} documents per community "
+                     "they have")
     chunking = {"min_docs": min_docs, "max_docs": max_docs, "max_chunks": params.max_chunks,
-                "min_communities": need}
+                "min_communities": need, "thin_min_docs": least, "thin_topics": thin}
     return rows, chunking
 
 
@@ -268,6 +219,7 @@ def fit_topics(db: sqlite_utils.Database, communities: list[str] | None = None,
     if params.embedder not in EMBEDDERS:
         raise TopicsError(f"unknown embedder {params.embedder!r}: use one of "
                           f"{', '.join(EMBEDDERS)}")
+    wanted = cluster_settings(params)
     names = _communities(db, communities)
     marks = ",".join("?" * len(names))
     rows = db.execute(f"SELECT id, community, text FROM documents WHERE community IN ({marks})"
@@ -289,7 +241,13 @@ def fit_topics(db: sqlite_utils.Database, communities: list[str] | None = None,
     vectors, embedded_now = embed_documents(
         db, params.embedder, doc_ids, [r[2] for r in rows], seed=params.seed,
         advance=(lambda n: progress("advance", n)) if progress else None)
-    labels, reduced, sample_labels = _cluster(vectors, params, notes)
+    try:
+        clustering = cluster(vectors, wanted)
+    except ClusterError as e:
+        raise TopicsError(str(e)) from e
+    notes.extend(clustering.notes)
+    labels, reduced, sample_labels = (clustering.labels, clustering.reduced,
+                                      clustering.sample_labels)
     if labels.max() < 0:
         raise TopicsError("no topic found: every document is an outlier; lower "
                           "--min-cluster-size or ask for --topics K")
@@ -303,12 +261,31 @@ def fit_topics(db: sqlite_utils.Database, communities: list[str] | None = None,
                         word_vectors)
     chunk_rows, chunking = _chunk_rows(doc_ids, [r[1] for r in rows], labels, names, params,
                                        notes)
-    run_id = _store(db, key, names, params, rows, labels, names_of, chunk_rows, chunking,
-                    silhouette, shuffled, existing[0] if existing else None)
+    settings = {**clustering.settings, "notes": notes}
+    run_id = _store(db, key, names, params, settings, rows, labels, names_of, chunk_rows,
+                    chunking, silhouette, shuffled, existing[0] if existing else None)
     summary = load_summary(db, run_id, reused=False)
-    summary.notes = notes
     summary.embedded_now = embedded_now
     return summary
+
+
+def cluster_settings(params: TopicParams) -> ClusterSettings:
+    """The clustering part of the topic parameters, checked."""
+    if params.clusterer not in (None, "hdbscan", "kmeans"):
+        raise TopicsError(f"unknown clusterer {params.clusterer!r}: use hdbscan or kmeans")
+    if params.clusterer == "hdbscan" and params.n_topics:
+        raise TopicsError("--topics K sets KMeans's topic count and HDBSCAN finds its own: "
+                          "drop --topics, or use --clusterer kmeans")
+    if params.clusterer == "kmeans" and not params.n_topics:
+        raise TopicsError("--clusterer kmeans needs a topic count: add --topics K")
+    if params.selection not in ("eom", "leaf"):
+        raise TopicsError(f"unknown selection {params.selection!r}: use eom or leaf")
+    return ClusterSettings(
+        reducer=params.reducer, dims=params.dims, neighbours=params.neighbours,
+        clusterer=params.clusterer or ("kmeans" if params.n_topics else "hdbscan"),
+        n_topics=params.n_topics, min_cluster_size=params.min_cluster_size,
+        selection=params.selection, split=params.split, max_share=params.max_share,
+        min_topics=params.min_topics, sample=params.sample, seed=params.seed)
 
 
 def _communities(db, communities: list[str] | None) -> list[str]:
@@ -318,7 +295,7 @@ def _communities(db, communities: list[str] | None) -> list[str]:
         raise TopicsError(str(e)) from e
 
 
-def _store(db, key, names, params, rows, labels, keyword_lists, chunk_rows, chunking,
+def _store(db, key, names, params, settings, rows, labels, keyword_lists, chunk_rows, chunking,
            silhouette, shuffled, replace_id) -> int:
     conn = db.conn
     with conn:
@@ -326,11 +303,11 @@ def _store(db, key, names, params, rows, labels, keyword_lists, chunk_rows, chun
             conn.execute("DELETE FROM topic_runs WHERE id = ?", [replace_id])
         run_id = conn.execute(
             "INSERT INTO topic_runs (key, communities, params, n_documents, n_outliers,"
-            " silhouette, silhouette_shuffled, chunking, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " silhouette, silhouette_shuffled, chunking, settings, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [key, json.dumps(names), json.dumps(asdict(params)), len(rows),
              int((labels < 0).sum()), silhouette, shuffled, json.dumps(chunking),
-             time.time()]).lastrowid
+             json.dumps(settings), time.time()]).lastrowid
         topic_ids = {}
         for t, words in enumerate(keyword_lists):
             topic_ids[t] = conn.execute(
@@ -362,7 +339,8 @@ def load_summary(db, run_id: int, reused: bool = False) -> TopicSummary:
     """A stored topic run as ``fit_topics`` returns it: topics, keywords, community
     shares, chunk rows, silhouettes and notes (``reused``: it was found, not fitted)."""
     run = db.execute("SELECT communities, n_documents, n_outliers, silhouette,"
-                     " silhouette_shuffled FROM topic_runs WHERE id = ?", [run_id]).fetchone()
+                     " silhouette_shuffled, settings FROM topic_runs WHERE id = ?",
+                     [run_id]).fetchone()
     names = json.loads(run[0])
     topics = []
     for topic_id, number, words, size in db.execute(
@@ -375,4 +353,6 @@ def load_summary(db, run_id: int, reused: bool = False) -> TopicSummary:
         topics.append({"topic": number, "keywords": json.loads(words), "size": size,
                        "communities": {name: counts.get(name, 0) for name in names},
                        "chunk_rows": n_rows})
-    return TopicSummary(run_id, reused, run[1], run[2], run[3], run[4], topics)
+    settings = json.loads(run[5]) if run[5] else {}
+    return TopicSummary(run_id, reused, run[1], run[2], run[3], run[4], topics,
+                        notes=list(settings.get("notes", [])), settings=settings)

@@ -1,4 +1,4 @@
--- The store's schema, version 13, as a fresh store gets it from
+-- The store's schema, version 14, as a fresh store gets it from
 -- cci_local/migrations.py.  Written by `python tests/test_architecture.py --schema`;
 -- tests/test_architecture.py fails when it no longer matches.
 
@@ -58,7 +58,7 @@ CREATE TABLE teacher_rows ( id INTEGER PRIMARY KEY, chunk_row_id INTEGER NOT NUL
 
 CREATE TABLE topic_communities ( topic_id INTEGER NOT NULL REFERENCES topics(id) ON DELETE CASCADE, community TEXT NOT NULL REFERENCES communities(name), documents INTEGER NOT NULL, PRIMARY KEY (topic_id, community));
 
-CREATE TABLE topic_runs ( id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, communities TEXT NOT NULL, params TEXT NOT NULL, n_documents INTEGER NOT NULL, n_outliers INTEGER NOT NULL, silhouette REAL, silhouette_shuffled REAL, chunking TEXT, created_at REAL NOT NULL);
+CREATE TABLE topic_runs ( id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, communities TEXT NOT NULL, params TEXT NOT NULL, n_documents INTEGER NOT NULL, n_outliers INTEGER NOT NULL, silhouette REAL, silhouette_shuffled REAL, chunking TEXT, created_at REAL NOT NULL, settings TEXT);
 
 CREATE TABLE topics ( id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES topic_runs(id) ON DELETE CASCADE, number INTEGER NOT NULL, keywords TEXT NOT NULL, size INTEGER NOT NULL, UNIQUE (run_id, number));
 

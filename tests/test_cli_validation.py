@@ -35,6 +35,9 @@ def error_line(result) -> str:
     (["run", "r/keto", "--instrument", "edeq", "--offline"], 1,
      "nothing was run; fix first: --instrument:"),
     (["report", "r/keto"], 2, "no store at"),
+    (["topics", "--clusterer", "hdbscan", "--topics", "5"], 2,
+     "--topics K sets KMeans's topic count and HDBSCAN finds its own"),
+    (["topics", "--clusterer", "kmeans"], 2, "--clusterer kmeans needs a topic count"),
 ])
 def test_bad_options_are_one_error_line_with_its_exit_code(tmp_path, args, code, message):
     result = invoke(tmp_path, *args)
@@ -60,6 +63,7 @@ def test_ingest_mapping_file_errors(tmp_path):
 
 def test_every_stage_error_is_a_cci_error_with_the_right_exit_code():
     from cci_local.ask import AskError
+    from cci_local.cluster import ClusterError
     from cci_local.collect import CollectError
     from cci_local.data import NoData
     from cci_local.embed import EmbedderError
@@ -77,7 +81,7 @@ def test_every_stage_error_is_a_cci_error_with_the_right_exit_code():
     from cci_local.topics import TopicsError
     from cci_local.train import TrainError
 
-    usage = [AskError, EmbedderError, InstrumentError, SurveyError, SurveyFileError,
+    usage = [AskError, ClusterError, EmbedderError, InstrumentError, SurveyError, SurveyFileError,
              GenerateError, BadInput, MappingError, UnknownModel, ReportError, NoAdapter,
              StoreError, UnknownCommunity, TopicsError, TrainError]
     failed = [CollectError, NoData, BackendError, InvalidOutput, PipelineError]

@@ -15,10 +15,27 @@ from .common import DocsPerSecond, advance, communities_argument, console, note,
 @click.option("--embedder", type=click.Choice(["wordllama", "tfidf", "minilm"]),
               default="wordllama", show_default=True)
 @click.option("--reducer", type=click.Choice(["umap", "pca"]), default="umap", show_default=True)
-@click.option("--min-cluster-size", type=click.IntRange(min=2),
-              help="HDBSCAN's minimum topic size (default: 40, scaled down for small corpora).")
+@click.option("--clusterer", type=click.Choice(["hdbscan", "kmeans"]),
+              help="hdbscan (default) finds the topic count and drops outliers; kmeans "
+                   "cuts exactly --topics K topics and keeps every document.")
 @click.option("--topics", "n_topics", type=click.IntRange(min=2),
-              help="Ask for this many topics (KMeans) instead of letting HDBSCAN find them.")
+              help="Target topic count: K topics from KMeans (implies --clusterer kmeans).")
+@click.option("--min-cluster-size", type=click.IntRange(min=2),
+              help="HDBSCAN's smallest topic (default: the paper's 40, scaled down to 1% of "
+                   "a corpus under 4,000 documents, never below 5).")
+@click.option("--selection", type=click.Choice(["eom", "leaf"]), default="eom",
+              show_default=True,
+              help="HDBSCAN's cluster selection: eom (excess of mass) keeps large stable "
+                   "topics, leaf the finest ones and more outliers.")
+@click.option("--split/--no-split", default=True, show_default=True,
+              help="Split degenerate structure: a topic over --max-topic-share, or fewer "
+                   "than --min-topics topics, is clustered again on its own.")
+@click.option("--max-topic-share", "max_share", type=click.FloatRange(0.01, 1.0),
+              default=0.25, show_default=True,
+              help="Share of the clustered documents above which a topic is dominant.")
+@click.option("--min-topics", type=click.IntRange(min=1), default=12, show_default=True,
+              help="Fewer topics than this is degenerate (capped at one per two minimum "
+                   "clusters of documents).")
 @click.option("--keywords", "n_keywords", type=click.IntRange(min=1), default=10,
               show_default=True)
 @click.option("--chunk-docs", nargs=2, type=click.IntRange(min=1), default=(30, 50),
@@ -30,9 +47,16 @@ from .common import DocsPerSecond, advance, communities_argument, console, note,
 @seed_option
 @click.option("--force", is_flag=True, help="Refit even if these settings were fitted before.")
 @click.pass_obj
-def topics(obj, communities, embedder, reducer, min_cluster_size, n_topics, n_keywords,
-           chunk_docs, max_chunks, min_communities, seed, force):
-    """Fit topics jointly over COMMUNITIES (default: all) and cut chunk rows."""
+def topics(obj, communities, embedder, reducer, clusterer, n_topics, min_cluster_size, selection,
+           split, max_share, min_topics, n_keywords, chunk_docs, max_chunks, min_communities,
+           seed, force):
+    """Fit topics jointly over COMMUNITIES (default: all) and cut chunk rows.
+
+    \b
+    By default HDBSCAN with excess-of-mass selection finds the topics, and any
+    topic holding more than a quarter of the clustered documents (or too few
+    topics) is clustered again on its own with leaf selection, because
+    communities that share a domain otherwise come out as one topic."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -43,8 +67,10 @@ def topics(obj, communities, embedder, reducer, min_cluster_size, n_topics, n_ke
 
     from ..topics import TopicParams, fit_topics
 
-    params = TopicParams(embedder=embedder, reducer=reducer, min_cluster_size=min_cluster_size,
-                         n_topics=n_topics, n_keywords=n_keywords, chunk_min_docs=chunk_docs[0],
+    params = TopicParams(embedder=embedder, reducer=reducer, clusterer=clusterer,
+                         min_cluster_size=min_cluster_size, selection=selection, split=split,
+                         max_share=max_share, min_topics=min_topics, n_topics=n_topics,
+                         n_keywords=n_keywords, chunk_min_docs=chunk_docs[0],
                          chunk_max_docs=max(chunk_docs), max_chunks=max_chunks,
                          min_communities=min_communities, seed=seed)
     columns = (TextColumn("embedding"), BarColumn(bar_width=24), MofNCompleteColumn(),
