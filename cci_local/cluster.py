@@ -25,7 +25,7 @@ import math
 import statistics
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -107,7 +107,7 @@ def _shares(labels: np.ndarray) -> tuple[Counter, int]:
 
 
 def split_degenerate(points: np.ndarray, labels: np.ndarray, size: int,
-                     settings: ClusterSettings) -> tuple[np.ndarray, dict | None, str | None]:
+                     settings: ClusterSettings) -> tuple[np.ndarray, list[dict], bool]:
     """Split the largest topic while one holds more than ``max_share`` of the
     clustered documents or there are fewer topics than the corpus can hold
     (``min_topics``, at most one per ``2 * size`` clustered documents).
@@ -116,24 +116,21 @@ def split_degenerate(points: np.ndarray, labels: np.ndarray, size: int,
     that leaf selection leaves out were in the topic and join their nearest
     sub-topic, so splitting never makes outliers.  When leaf selection finds
     fewer than two sub-topics, KMeans cuts the topic into pieces of a typical
-    topic's size.  Returns the labels, a record of what was done (None when the
-    structure was not degenerate) and its note line."""
+    topic's size.  Returns the labels, the splits made (share, documents, pieces,
+    method) and whether a topic that should be split was too small to."""
     labels = labels.copy()
     counts, kept = _shares(labels)
-    if not kept:
-        return labels, None, None
-    found, largest = len(counts), max(counts.values()) / kept
-    want = min(settings.min_topics, max(2, kept // (2 * size)))
     splits: list[dict] = []
-    stuck = False
+    if not kept:
+        return labels, splits, False
+    want = wanted_topics(kept, size, settings)
     for _ in range(4 * settings.min_topics):
         counts, kept = _shares(labels)
         big, big_size = counts.most_common(1)[0]
         if big_size <= settings.max_share * kept and len(counts) >= want:
-            break
+            return labels, splits, False
         if big_size < 2 * size:  # too small to hold two topics
-            stuck = True
-            break
+            return labels, splits, True
         members = np.where(labels == big)[0]
         part = points[members]
         sub = _hdbscan(part, size, "leaf")
@@ -161,27 +158,59 @@ def split_degenerate(points: np.ndarray, labels: np.ndarray, size: int,
         labels[members] = [relabel[int(s)] for s in sub]
         splits.append({"share": round(big_size / kept, 4), "documents": int(big_size),
                        "into": len(pieces), "method": method})
+    return labels, splits, False
+
+
+def wanted_topics(kept: int, size: int, settings: ClusterSettings) -> int:
+    """Fewer topics than this is degenerate: ``min_topics``, or as many topics of
+    twice the minimum cluster size as the clustered documents can hold."""
+    return min(settings.min_topics, max(2, kept // (2 * size)))
+
+
+def describe(first: np.ndarray, final: np.ndarray, splits: list[dict], stuck: bool,
+             size: int, settings: ClusterSettings) -> tuple[dict | None, str | None]:
+    """The record of a split for the run's settings, and its one-line note (None,
+    None when the first clustering was not degenerate)."""
     if not splits and not stuck:
-        return labels, None, None
-    counts, kept = _shares(labels)
+        return None, None
+    counts, kept = _shares(first)
+    found, largest = len(counts), max(counts.values()) / kept
+    after, after_kept = _shares(final)
     record = {"found": found, "largest_share": round(largest, 4), "splits": splits,
-              "topics": len(counts), "largest_share_after": round(max(counts.values()) / kept, 4)}
-    why = (f"the largest topic held {largest:.0%} of the clustered documents"
-           if largest > settings.max_share else
-           f"{found} topic{'s' if found != 1 else ''} (fewer than {want})")
+              "topics": len(after),
+              "largest_share_after": round(max(after.values()) / after_kept, 4)}
+    dominant = largest > settings.max_share
+    why = (f"the largest topic held {largest:.0%} of the clustered documents" if dominant
+           else f"{found} topic{'s' if found != 1 else ''} (fewer than "
+                f"{wanted_topics(kept, size, settings)})")
     if not splits:
-        text = f"{why}, but it is too small to split further (--min-cluster-size {size})"
-        return labels, record, text
-    first, rest = splits[0], splits[1:]
-    it = "it" if largest > settings.max_share else "the largest"
-    text = f"{why}: split {it} into {first['into']} sub-topics ({first['method']})"
+        return record, f"{why}, but it is too small to split further (--min-cluster-size {size})"
+    head, rest = splits[0], splits[1:]
+    text = (f"{why}: split {'it' if dominant else 'the largest'} into {head['into']} "
+            f"sub-topics ({head['method']})")
     if rest:
         methods = sorted({s["method"] for s in rest})
         text += (f", then {len(rest)} more topic{'s' if len(rest) > 1 else ''} of up to "
                  f"{max(s['share'] for s in rest):.0%} ({', '.join(methods)})")
     text += (f"; now {record['topics']} topics, the largest holding "
              f"{record['largest_share_after']:.0%} (--no-split keeps the first clustering)")
-    return labels, record, text
+    return record, text
+
+
+def _propagate(vectors: np.ndarray, sample: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Labels for every document: the sample's own, and for the others the topic
+    most of their 10 nearest sampled neighbours (in the embedding space) have."""
+    full = np.full(len(vectors), -1)
+    full[sample] = labels
+    if len(sample) < len(vectors):
+        from sklearn.neighbors import KNeighborsClassifier
+
+        rest = np.setdiff1d(np.arange(len(vectors)), sample)
+        knn = KNeighborsClassifier(n_neighbors=10).fit(vectors[sample], labels)
+        for start in range(0, len(rest), 20_000):
+            part = rest[start:start + 20_000]
+            full[part] = knn.predict(vectors[part])
+    return full
 
 
 def cluster(vectors: np.ndarray, settings: ClusterSettings) -> Clustering:
@@ -209,28 +238,34 @@ def cluster(vectors: np.ndarray, settings: ClusterSettings) -> Clustering:
         done.update(min_cluster_size=size, selection=settings.selection,
                     max_share=settings.max_share, min_topics=settings.min_topics,
                     split=settings.split)
-        if settings.split:
-            labels, record, text = split_degenerate(reduced, labels, size, settings)
-            if record:
-                done["degenerate"] = record
-                notes.append(text)
-        else:
-            counts, kept = _shares(labels)
-            if kept and max(counts.values()) > settings.max_share * kept:
-                notes.append(f"the largest topic holds {max(counts.values()) / kept:.0%} of "
-                             "the clustered documents; left whole (--no-split)")
+        first, splits, stuck, threshold = labels, [], False, settings.max_share
+        for _ in range(3):
+            if settings.split:
+                labels, more, stuck = split_degenerate(
+                    reduced, labels, size, replace(settings, max_share=threshold))
+                splits += more
+            full = _propagate(vectors, sample, labels)
+            counts, kept = _shares(full)
+            big, big_size = counts.most_common(1)[0] if kept else (-1, 0)
+            if not settings.split or big_size <= settings.max_share * kept:
+                break
+            # The documents outside the sample made a topic dominant: split the
+            # sample with the threshold scaled by how much that topic grew.
+            in_sample = _shares(labels)
+            share = in_sample[0][big] / in_sample[1]
+            threshold = share * settings.max_share * kept / big_size
+        record, text = describe(first, full, splits, stuck, size, settings)
+        if record:
+            done["degenerate"] = record
+            notes.append(text)
+        elif not settings.split and kept and big_size > settings.max_share * kept:
+            notes.append(f"the largest topic holds {big_size / kept:.0%} of the clustered "
+                         "documents; left whole (--no-split)")
     else:
         raise ClusterError(f"unknown clusterer {settings.clusterer!r}: use hdbscan or kmeans")
-    full = np.full(n, -1)
-    full[sample] = labels
+    if settings.clusterer == "kmeans":
+        full = _propagate(vectors, sample, labels)
     if len(sample) < n:
-        from sklearn.neighbors import KNeighborsClassifier
-
-        rest = np.setdiff1d(np.arange(n), sample)
-        knn = KNeighborsClassifier(n_neighbors=10).fit(vectors[sample], labels)
-        for start in range(0, len(rest), 20_000):
-            part = rest[start:start + 20_000]
-            full[part] = knn.predict(vectors[part])
         notes.append(f"clustered a seeded sample of {len(sample):,} documents; the other "
                      f"{n - len(sample):,} joined their nearest neighbours' topics")
     # Number topics by size, largest first.

@@ -5,7 +5,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from cci_local.cluster import ClusterSettings, _hdbscan, _shares, cluster, split_degenerate
+from cci_local.cluster import (
+    ClusterSettings,
+    _hdbscan,
+    _shares,
+    cluster,
+    describe,
+    split_degenerate,
+)
+
+
+def split(points, before, size):
+    labels, splits, stuck = split_degenerate(points, before, size, ClusterSettings())
+    record, note = describe(before, labels, splits, stuck, size, ClusterSettings())
+    return labels, record, note
 
 
 def blob_and_islands(seed=0):
@@ -25,7 +38,7 @@ def test_excess_of_mass_keeps_a_uniform_blob_whole():
 def test_a_dominant_topic_is_split_and_no_document_is_dropped():
     points = blob_and_islands()
     before = _hdbscan(points, 32, "eom")
-    labels, record, note = split_degenerate(points, before, 32, ClusterSettings())
+    labels, record, note = split(points, before, 32)
     counts, kept = _shares(labels)
     assert len(counts) >= 12 and max(counts.values()) / kept <= 0.25
     assert (labels < 0).sum() == (before < 0).sum()  # splitting never makes outliers
@@ -43,7 +56,7 @@ def test_too_few_topics_are_split_towards_the_minimum():
     points = np.vstack([rng.normal(m, 1.0, size=(1000, 5)) for m in (0, 20, 40, 60)])
     before = _hdbscan(points, 40, "eom")
     assert len(_shares(before)[0]) == 4  # four clean topics of 25%: not dominant, too few
-    labels, record, note = split_degenerate(points, before, 40, ClusterSettings())
+    labels, record, note = split(points, before, 40)
     counts, kept = _shares(labels)
     assert len(counts) >= 12 and max(counts.values()) / kept < 0.25
     assert note.startswith("4 topics (fewer than 12): split the largest into"), note
@@ -57,7 +70,7 @@ def test_healthy_structure_is_left_alone():
     centres = rng.uniform(-200, 200, size=(14, 5))
     points = np.vstack([rng.normal(c, 1.0, size=(200, 5)) for c in centres])
     before = _hdbscan(points, 28, "eom")
-    labels, record, note = split_degenerate(points, before, 28, ClusterSettings())
+    labels, record, note = split(points, before, 28)
     assert record is None and note is None and (labels == before).all()
 
 
@@ -65,7 +78,7 @@ def test_a_topic_too_small_to_split_is_reported_not_looped():
     rng = np.random.default_rng(3)
     points = rng.uniform(0, 1, size=(60, 5))
     before = np.zeros(60, dtype=int)
-    labels, record, note = split_degenerate(points, before, 40, ClusterSettings())
+    labels, record, note = split(points, before, 40)
     assert (labels == before).all() and record["splits"] == []
     assert "too small to split further" in note
 
@@ -82,3 +95,4 @@ def test_no_split_keeps_the_blob_and_says_so():
     assert split.labels.max() + 1 == split.settings["degenerate"]["topics"]
     sizes = np.bincount(split.labels[split.labels >= 0])
     assert (np.diff(sizes) <= 0).all()  # numbered by size, largest first
+
