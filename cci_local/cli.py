@@ -16,6 +16,7 @@ from .commands.ask import ask_cmd, chat_cmd
 from .commands.common import Context, console
 from .commands.fidelity import fidelity_cmd
 from .commands.generate import generate
+from .commands.imports import import_cmd
 from .commands.ingest import ingest_cmd, status
 from .commands.models import doctor, models, prompt
 from .commands.psychometrics import psychometrics_cmd
@@ -52,5 +53,5 @@ def cli(ctx, db_path):
 # In pipeline order, then the tools around it.
 for command in (run_cmd, collect_cmd, ingest_cmd, status, topics, generate, train_cmd,
                 survey_cmd, psychometrics_cmd, fidelity_cmd, ask_cmd, chat_cmd, report_cmd,
-                export_cmd, prompt, models, doctor):
+                export_cmd, import_cmd, prompt, models, doctor):
     cli.add_command(command)

@@ -451,11 +451,35 @@ def _v14_topic_settings(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE topic_runs ADD COLUMN settings TEXT")
 
 
+def _v15_imports(db: sqlite_utils.Database) -> None:
+    # Instruction data and surveys imported from files (``cci-local import``): one
+    # row per file content, and per answer the file line it came from.  An imported
+    # question keeps the file's own topic (topic_label; topic_id is for this
+    # store's topics) and its source is 'import:<hash of kind, question, options>'.
+    db.execute(
+        "CREATE TABLE imports ("
+        " id TEXT PRIMARY KEY,"  # sha256 of the file's bytes
+        " path TEXT NOT NULL,"
+        " format TEXT NOT NULL,"
+        " rows INTEGER NOT NULL,"
+        " imported_at REAL NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE import_rows ("
+        " import_id TEXT NOT NULL REFERENCES imports(id) ON DELETE CASCADE,"
+        " line INTEGER NOT NULL,"  # CSV/JSONL line where the record starts; JSON: item number
+        " instruction_id INTEGER NOT NULL REFERENCES instructions(id) ON DELETE CASCADE,"
+        " community TEXT NOT NULL REFERENCES communities(name),"
+        " PRIMARY KEY (import_id, line, community))"
+    )
+    db.execute("ALTER TABLE instructions ADD COLUMN topic_label TEXT")
+
+
 # Append only.  MIGRATIONS[i] upgrades a store from version i to version i + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_documents, _v2_llm_calls, _v3_topics, _v4_instructions,
     _v5_teacher_rows, _v6_adapters, _v7_survey_answers,
     _v8_outside_surveys, _v9_instrument_answers, _v10_fidelity,
     _v11_fidelity_judgments, _v12_stage_results, _v13_asked,
-    _v14_topic_settings]
+    _v14_topic_settings, _v15_imports]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,4 +1,4 @@
--- The store's schema, version 14, as a fresh store gets it from
+-- The store's schema, version 15, as a fresh store gets it from
 -- cci_local/migrations.py.  Written by `python tests/test_architecture.py --schema`;
 -- tests/test_architecture.py fails when it no longer matches.
 
@@ -32,9 +32,13 @@ CREATE TABLE file_hashes ( path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns I
 
 CREATE TABLE holdouts ( run_id INTEGER NOT NULL REFERENCES topic_runs(id) ON DELETE CASCADE, unit TEXT NOT NULL CHECK (unit IN ('chunk_row', 'topic')), unit_id INTEGER NOT NULL, PRIMARY KEY (run_id, unit, unit_id));
 
+CREATE TABLE import_rows ( import_id TEXT NOT NULL REFERENCES imports(id) ON DELETE CASCADE, line INTEGER NOT NULL, instruction_id INTEGER NOT NULL REFERENCES instructions(id) ON DELETE CASCADE, community TEXT NOT NULL REFERENCES communities(name), PRIMARY KEY (import_id, line, community));
+
+CREATE TABLE imports ( id TEXT PRIMARY KEY, path TEXT NOT NULL, format TEXT NOT NULL, rows INTEGER NOT NULL, imported_at REAL NOT NULL);
+
 CREATE TABLE ingest_errors ( id INTEGER PRIMARY KEY, source_id INTEGER NOT NULL REFERENCES sources(id), line INTEGER, reason TEXT NOT NULL);
 
-CREATE TABLE instructions ( id INTEGER PRIMARY KEY, kind TEXT NOT NULL CHECK (kind IN ('open', 'choice', 'template')), question TEXT NOT NULL, options TEXT, topic_id INTEGER REFERENCES topics(id) ON DELETE SET NULL, chunk_row_id INTEGER REFERENCES chunk_rows(id) ON DELETE SET NULL, source TEXT NOT NULL, discriminating INTEGER, split TEXT NOT NULL CHECK (split IN ('train', 'test')), split_by_topic TEXT CHECK (split_by_topic IN ('train', 'test')), created_at REAL NOT NULL);
+CREATE TABLE instructions ( id INTEGER PRIMARY KEY, kind TEXT NOT NULL CHECK (kind IN ('open', 'choice', 'template')), question TEXT NOT NULL, options TEXT, topic_id INTEGER REFERENCES topics(id) ON DELETE SET NULL, chunk_row_id INTEGER REFERENCES chunk_rows(id) ON DELETE SET NULL, source TEXT NOT NULL, discriminating INTEGER, split TEXT NOT NULL CHECK (split IN ('train', 'test')), split_by_topic TEXT CHECK (split_by_topic IN ('train', 'test')), created_at REAL NOT NULL, topic_label TEXT);
 
 CREATE TABLE instrument_answers ( id INTEGER PRIMARY KEY, respondent TEXT NOT NULL, model TEXT NOT NULL, identity TEXT NOT NULL, instrument TEXT NOT NULL, instrument_name TEXT NOT NULL, wording TEXT NOT NULL, item TEXT NOT NULL, persona INTEGER NOT NULL, repeat INTEGER NOT NULL, answer TEXT NOT NULL, distribution TEXT, method TEXT NOT NULL CHECK (method IN ('logprobs', 'sampled')), created_at REAL NOT NULL, UNIQUE (respondent, identity, instrument, wording, item, persona, repeat));
 
