@@ -169,3 +169,75 @@ def test_survey_command_on_a_file(tmp_path):
     template = cci("survey", "--survey", str(path), "--question-template", "{question}",
                    db=store, check=False)
     assert template.returncode == 2 and "must contain {options}" in template.stderr
+
+
+# ------------------------------------------- the Community-Cross-Instruct release's layout
+
+RELEASE_SENTENCE = ("Select only one answer that best aligns with your opinions, by stating "
+                    "either A, B, C, or D. Do not provide any additional explanation or "
+                    "rationale for your choice.")
+
+
+def release_survey(tmp_path, rows=None):
+    """A CommSurvey CSV in the release's documented shape, our own questions."""
+    import csv
+
+    def question(text, options):
+        return "\n".join([text, *[f"{'ABCD'[i]}. {o}" for i, o in enumerate(options)],
+                          RELEASE_SENTENCE])
+
+    rows = rows or [
+        (0, 6, question("Which diet do you follow?", ["Keto", "Vegan", "Paleo", "None"]),
+         "A", "D", 0, "test", "train"),
+        (0, 6, question("How often do you eat bread?", ["Never", "Rarely", "Often", "Daily"]),
+         "A", "C", 1, "train", "test"),
+        (1, 2, question("Do you count calories?", ["Always", "Sometimes", "Never", "Unsure"]),
+         "", "B", 2, "test", "test"),
+    ]
+    path = tmp_path / "comm_survey_fitness.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text_chunk_id", "topic_id", "question", "answer_keto", "answer_nutrition",
+                    "question_id", "split", "split_by_topic"])
+        w.writerows(rows)
+    return path
+
+
+def test_release_commsurvey_is_read_as_it_is(tmp_path):
+    path = release_survey(tmp_path)
+    name, items = read_survey_file(path)  # --split random: the split column's test rows
+    assert name == "comm_survey_fitness (random split, held-out rows)"
+    assert [it["question"] for it in items] == ["Which diet do you follow?",
+                                                "Do you count calories?"]
+    assert items[0]["options"] == {"A": "Keto", "B": "Vegan", "C": "Paleo", "D": "None"}
+    assert items[0]["answers"] == {"keto": "A", "nutrition": "D"}
+    assert items[1]["answers"] == {"nutrition": "B"}  # a blank cell: no answer
+    assert items[0]["topic"] == "6" and not items[0]["ordinal"]
+    _, by_topic = read_survey_file(path, split="topic")
+    assert [it["question"] for it in by_topic] == ["How often do you eat bread?",
+                                                   "Do you count calories?"]
+
+
+def test_release_commsurvey_errors_name_the_line(tmp_path):
+    rows = [(0, 6, "What do you think of fasting?", "Good idea.", "Risky.", 0, "test", "test"),
+            (0, 6, "Pick one\nA. Eggs\nB. Oats\n" + RELEASE_SENTENCE, "A", "C", 1, "test",
+             "test")]
+    path = release_survey(tmp_path, rows)
+    with pytest.raises(SurveyFileError) as e:
+        read_survey_file(path)
+    assert f"{path}:2: not a multiple-choice question" in str(e.value)
+    assert f"{path}:3: answer of nutrition is not one of A, B" in str(e.value)
+
+
+def test_release_commsurvey_through_the_survey_command(tmp_path):
+    path = release_survey(tmp_path)
+    store = tmp_path / "s.db"
+    data = json.loads(cci("survey", "--survey", str(path), "--no-aligned", "--json",
+                          db=store).stdout)
+    assert data["communities"]["keto"]["questions"] == 1
+    assert data["communities"]["nutrition"]["questions"] == 2
+    topic = json.loads(cci("survey", "--survey", str(path), "--no-aligned", "--json",
+                           "--split", "topic", db=store).stdout)
+    assert topic["communities"]["keto"]["questions"] == 1  # the bread question
+    db = open_store(store)
+    assert db.execute("SELECT count(*) FROM surveys").fetchone()[0] == 2  # one per split

@@ -23,10 +23,12 @@ from .common import (
 @communities_argument()
 @click.option("--survey", "survey_file", type=click.Path(dir_okay=False),
               help="A survey FILE of your own (CSV or JSON: question, options, each "
-                   "community's answer letter or distribution) instead of CommSurvey.")
+                   "community's answer letter or distribution), or the Community-Cross-"
+                   "Instruct release's CommSurvey CSV as it is, instead of CommSurvey.")
 @base_option()
 @click.option("--split", "split_by", type=click.Choice(["random", "topic"]), default="random",
-              show_default=True, help="Held-out chunk rows, or held-out (unseen) topics.")
+              show_default=True, help="Held-out chunk rows, or held-out (unseen) topics; for a "
+              "file in the release's CommSurvey layout, its split or split_by_topic test rows.")
 @click.option("--scoring", type=click.Choice(["letter", "text"]), default="letter",
               show_default=True, help="Score each option's letter as the reply (the paper's "
               "way), or its whole text (for small models that cannot map letters).")
@@ -56,7 +58,7 @@ def survey_cmd(obj, communities, survey_file, base, split_by, scoring, no_person
     check_wording(template, persona_text)  # before anything is read or stored
     survey_id = None
     if survey_file:
-        survey_id = load_survey(obj.db, survey_file)
+        survey_id = load_survey(obj.db, survey_file, split_by)
         known = survey_communities(obj.db, survey_id)
         names = [normalise_community(c) for c in communities] or known
         unknown = [c for c in names if c not in known]

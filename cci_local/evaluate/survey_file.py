@@ -16,6 +16,13 @@ JSON: a list of items, or ``{"name": ..., "items": [...]}``, each item
 ``{"id", "question", "options": [...], "topic", "ordinal", "answers": {community:
 "B" | [shares] | {"A": share, ...}}}``.
 
+The Community-Cross-Instruct release's CommSurvey CSV is read as it is
+(``text_chunk_id, topic_id, question, answer_<Community>..., question_id, split,
+split_by_topic``): options are parsed out of the question text, its "Select only
+one answer ..." sentence is dropped (the survey words questions its own way), and
+only the rows the file holds out are kept: ``split`` is test (``--split random``)
+or ``split_by_topic`` is test (``--split topic``).
+
 Every problem is reported with its row (CSV line or JSON item), all at once, and
 nothing is stored unless the whole file is right.
 """
@@ -136,8 +143,68 @@ def _item(raw: dict, where: str, position: int, errors: list[str]) -> dict | Non
             "ordinal": bool(ordinal), "answers": answers, "distributions": distributions}
 
 
-def read_survey_file(path: str | Path) -> tuple[str, list[dict]]:
-    """(name, items) of a CSV or JSON survey file; SurveyFileError lists every problem."""
+def is_release_layout(header: list[str]) -> bool:
+    """The release's CommSurvey CSV: answer_<Community> columns and no options column."""
+    return ("question" in header and "options" not in header
+            and any(h.startswith("answer_") for h in header))
+
+
+def _release_items(path: Path, text: str, split: str, errors: list[str]) -> list[dict]:
+    from ..importer import ImportFileError, read_paper_csv
+
+    try:
+        pairs = read_paper_csv(path, text, errors)
+    except ImportFileError as e:
+        raise SurveyFileError(str(e)) from None
+    column = "split_by_topic" if split == "topic" else "split"
+    items = []
+    for pair in pairs:
+        if pair.kind != "choice":
+            errors.append(f"{path}:{pair.line}: not a multiple-choice question (no A. B. ... "
+                          "option lines, or an answer that is not a letter)")
+            continue
+        if getattr(pair, column) != "test":
+            continue
+        raw = {"id": f"line{pair.line}", "question": pair.question,
+               "options": list(pair.options.values()), "topic": pair.topic,
+               "ordinal": "no", "answers": pair.answers}
+        if (item := _item(raw, f"{path}:{pair.line}", len(items), errors)) is not None:
+            items.append(item)
+    return items
+
+
+def _csv_items(path: Path, text: str, errors: list[str]) -> list[dict]:
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [c for c in ("question", "options") if c not in header]
+    if missing:
+        raise SurveyFileError(f"{path}:1: the header needs the columns question and options "
+                              f"(missing: {', '.join(missing)}); other columns are "
+                              "communities, e.g. r/keto")
+    communities = [h for h in header if h not in RESERVED]
+    if not communities:
+        raise SurveyFileError(f"{path}:1: no community column: add one per community "
+                              "(e.g. r/keto) holding its answer letter or distribution")
+    reader.fieldnames = header
+    items: list[dict] = []
+    line = reader.line_num
+    for i, row in enumerate(reader):
+        where = f"{path}:{line + 1}"
+        line = reader.line_num
+        if None in row:
+            errors.append(f"{where}: more cells than the header has columns "
+                          "(a ; or , inside a cell needs quotes)")
+            continue
+        raw = {k: row.get(k) for k in RESERVED if row.get(k) is not None}
+        raw["answers"] = {c: row.get(c) for c in communities}
+        if (item := _item(raw, where, i, errors)) is not None:
+            items.append(item)
+    return items
+
+
+def read_survey_file(path: str | Path, split: str = "random") -> tuple[str, list[dict]]:
+    """(name, items) of a CSV or JSON survey file; SurveyFileError lists every problem.
+    ``split`` picks the held-out rows of a file in the release's CommSurvey layout."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -173,30 +240,15 @@ def read_survey_file(path: str | Path) -> tuple[str, list[dict]]:
             if (item := _item(raw, where, i, errors)) is not None:
                 items.append(item)
     else:
-        reader = csv.DictReader(io.StringIO(text))
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in ("question", "options") if c not in header]
-        if missing:
-            raise SurveyFileError(f"{path}:1: the header needs the columns question and options "
-                                  f"(missing: {', '.join(missing)}); other columns are "
-                                  "communities, e.g. r/keto")
-        communities = [h for h in header if h not in RESERVED]
-        if not communities:
-            raise SurveyFileError(f"{path}:1: no community column: add one per community "
-                                  "(e.g. r/keto) holding its answer letter or distribution")
-        reader.fieldnames = header
-        line = reader.line_num
-        for i, row in enumerate(reader):
-            where = f"{path}:{line + 1}"
-            line = reader.line_num
-            if None in row:
-                errors.append(f"{where}: more cells than the header has columns "
-                              "(a ; or , inside a cell needs quotes)")
-                continue
-            raw = {k: row.get(k) for k in RESERVED if row.get(k) is not None}
-            raw["answers"] = {c: row.get(c) for c in communities}
-            if (item := _item(raw, where, i, errors)) is not None:
-                items.append(item)
+        header = [h.strip() for h in next(csv.reader(io.StringIO(text)), [])]
+        if is_release_layout(header):
+            items = _release_items(path, text, split, errors)
+            name = f"{path.stem} ({split} split, held-out rows)"
+            if not items and not errors:
+                errors.append(f"{path}: no row is held out (test) in its "
+                              f"{'split_by_topic' if split == 'topic' else 'split'} column")
+        else:
+            items = _csv_items(path, text, errors)
     seen: dict[str, int] = {}
     for item in items:
         seen[item["item_id"]] = seen.get(item["item_id"], 0) + 1
@@ -210,11 +262,15 @@ def read_survey_file(path: str | Path) -> tuple[str, list[dict]]:
     return name, items
 
 
-def load_survey(db: sqlite_utils.Database, path: str | Path) -> str:
-    """Check ``path`` and store it (once per content); return the survey id."""
+def load_survey(db: sqlite_utils.Database, path: str | Path, split: str = "random") -> str:
+    """Check ``path`` and store it (once per content, and per split for the
+    release's layout); return the survey id."""
     path = Path(path)
-    name, items = read_survey_file(path)
-    survey_id = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    name, items = read_survey_file(path, split)
+    content = path.read_bytes()
+    if name.endswith(" split, held-out rows)"):
+        content += f"\0split={split}".encode()
+    survey_id = hashlib.sha256(content).hexdigest()[:16]
     if db.execute("SELECT 1 FROM surveys WHERE id = ?", [survey_id]).fetchone():
         return survey_id
     with db.conn:
