@@ -240,12 +240,18 @@ def _survey(doc: Doc, db, names: list[str], plots: bool) -> None:
         for c, v in res["communities"].items():
             for respondent, cells in v["respondents"].items():
                 rows.append([f"r/{c}", respondent, _ci(cells["accuracy"]),
-                             _ci(cells["discriminating"]), _ci(cells["representativeness"])])
-            rows.append([f"r/{c}", "majority letter", _ci(v["majority_letter"]), "", ""])
-            rows.append([f"r/{c}", "random", f"{v['random']:.3f}", "", ""])
+                             _ci(cells["discriminating"]), _ci(cells["representativeness"]),
+                             _ci(cells.get("tv_score"))])
+            rows.append([f"r/{c}", "majority letter", _ci(v["majority_letter"]), "", "", ""])
+            rows.append([f"r/{c}", "random", f"{v['random']:.3f}", "", "", ""])
         doc.table("Accuracy against each community's answer key",
                   ["answer key", "respondent", "accuracy", "discriminating only",
-                   "representativeness"], rows)
+                   "representativeness", "TV score (SimBench, 0-100)"], rows)
+        lines = [line for entry in res.get("verdict", []) for line in entry["lines"]]
+        if lines:
+            doc.table("Verdict (paired bootstrap over the same questions, 95% intervals; a "
+                      "difference is only claimed when its interval excludes 0)",
+                      ["verdict"], [[line] for line in lines])
         if plots:
             doc.figure("survey-accuracy", plot_survey(res),
                        "Survey accuracy with 95% CI; dashed: majority-letter baseline, dotted: "

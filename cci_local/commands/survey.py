@@ -78,6 +78,19 @@ def survey_cmd(obj, communities, survey_file, base, split_by, scoring, no_person
         _survey_tables(result, names)
 
 
+def tv(e) -> str:
+    return f"{e.value:.1f} [{e.low:.1f}, {e.high:.1f}]" if e.n else "-"
+
+
+def _verdict(result, names: list[str]) -> None:
+    from ..evaluate.verdict import verdict
+
+    out.print("[bold]verdict[/bold] (paired bootstrap over the same questions, 95%):")
+    for entry in verdict(result, names):
+        for line in entry["lines"]:
+            out.print(f"  {line}", highlight=False, soft_wrap=True)
+
+
 def _survey_tables(result, names: list[str]) -> None:
     from ..evaluate.metrics import majority_baseline, random_baseline
     from ..respondents import labels
@@ -86,7 +99,7 @@ def _survey_tables(result, names: list[str]) -> None:
     table = Table(box=box.SIMPLE_HEAD, title=f"survey accuracy: {result.source}, "
                   f"{result.scoring} scoring, 95% bootstrap CI", title_justify="left")
     columns = ["answer key", "respondent", "questions", "accuracy", "discriminating only"]
-    for name in columns + (["representativeness"] if with_dists else []):
+    for name in columns + (["representativeness", "TV score (SimBench)"] if with_dists else []):
         table.add_column(name, justify="right" if name == "questions" else "left")
     for c in names:
         key = result.key(c)
@@ -96,7 +109,8 @@ def _survey_tables(result, names: list[str]) -> None:
             if respondent in result.answers:
                 est = result.scores(respondent, c)
                 disc = result.scores(respondent, c, discriminating_only=True)
-                extra = [ci(result.representativeness(respondent, c))] if with_dists else []
+                extra = ([ci(result.representativeness(respondent, c)),
+                          tv(result.tv_score(respondent, c))] if with_dists else [])
                 table.add_row(f"r/{c}", respondent, f"{est.n}", ci(est), ci(disc), *extra)
         chance = random_baseline([len(it.options) for it in result.items if c in it.answers])
         table.add_row(f"r/{c}", "majority letter", f"{len(key)}",
@@ -105,8 +119,9 @@ def _survey_tables(result, names: list[str]) -> None:
         for other in names:
             if with_dists and other != c and result.between(c, other).n:
                 table.add_row(f"r/{c}", f"r/{other}'s real answers", "", "", "",
-                              ci(result.between(c, other)), style="dim")
+                              ci(result.between(c, other)), "", style="dim")
     out.print(table)
+    _verdict(result, names)
     topics = {c: result.topics(c) for c in names}
     if any(topics.values()):
         shown = [r for r in ("base", "persona", "aligned")

@@ -107,6 +107,23 @@ def representativeness(model: Sequence[Sequence[float]], human: Sequence[Sequenc
     return bootstrap_ci(np.array(scores), **kwargs)
 
 
+def simbench_score(model: Sequence[Sequence[float]], human: Sequence[Sequence[float]],
+                   **kwargs) -> Estimate:
+    """SimBench's score, per question 100 * (1 - TV(model, human) / TV(uniform, human)),
+    averaged over questions with an interval: 100 is the community's own
+    distribution, 0 no better than answering uniformly at random, below 0 worse.
+    A question whose human distribution is itself uniform has no room to score and
+    is left out."""
+    scores = []
+    for p, q in zip(model, human, strict=True):
+        p, q = np.asarray(p, float), np.asarray(q, float)
+        p, q = p / p.sum(), q / q.sum()
+        uniform = 0.5 * float(np.abs(np.full(len(q), 1 / len(q)) - q).sum())
+        if uniform > 1e-9:
+            scores.append(100.0 * (1 - 0.5 * float(np.abs(p - q).sum()) / uniform))
+    return bootstrap_ci(np.array(scores), **kwargs)
+
+
 def cross_matrix(chosen: dict[str, dict[int, str]], keys: dict[str, dict[int, str]],
                  **kwargs) -> dict[str, dict[str, Estimate]]:
     """rows: model (aligned to / impersonating a community) -> its choices per question;

@@ -30,7 +30,9 @@ from .metrics import (
     majority_baseline,
     random_baseline,
     representativeness,
+    simbench_score,
 )
+from .verdict import verdict
 
 QUESTION = "{question}\n{options}\nAnswer with the letter of one option only."
 
@@ -208,6 +210,15 @@ class SurveyResult:
         human = [[it.distributions[community][k] for k in it.options] for it in keep]
         return representativeness(model, human, [_positions(it) for it in keep])
 
+    def tv_score(self, respondent: str, community: str) -> Estimate:
+        """SimBench's total-variation score (metrics.simbench_score) on the items
+        that give the community's distribution."""
+        answers = self.answers.get(respondent, {})
+        keep = [it for it in self.items if community in it.distributions and it.key in answers]
+        return simbench_score(
+            [[answers[it.key].distribution.get(k, 0.0) for k in it.options] for it in keep],
+            [[it.distributions[community][k] for k in it.options] for it in keep])
+
     def between(self, community: str, other: str) -> Estimate:
         """Representativeness of ``other``'s real answers for ``community``'s: how far
         apart the two communities are on the items both have distributions for."""
@@ -242,6 +253,7 @@ class SurveyResult:
                         "discriminating": est(self.scores(respondent, c,
                                                           discriminating_only=True)),
                         "representativeness": est(self.representativeness(respondent, c)),
+                        "tv_score": est(self.tv_score(respondent, c)),
                         "topics": {t: est(self.scores(respondent, c, topic=t))
                                    for t in self.topics(c)}}
             out["communities"][c] = {
@@ -249,6 +261,7 @@ class SurveyResult:
                 "majority_letter": est(majority_baseline(list(key.values()))),
                 "random": random_baseline([len(it.options) for it in self.items
                                            if c in it.answers])}
+        out["verdict"] = verdict(self, communities)
         for kind in ("aligned", "persona"):
             cells = self.matrix(communities, kind)
             if cells:

@@ -1,0 +1,93 @@
+"""The survey's result in words (docs/method.md#the-verdict).
+
+For each answer key (community), over the questions every compared respondent
+answered, with paired bootstrap intervals (the same questions resampled together):
+
+- does any respondent beat always answering the key's most common letter?
+- does the aligned model beat the persona-prompted base, and the persona the base?
+- does a persona prompt change any answer of the base model at all?
+
+A sentence never claims a difference whose 95% interval includes 0; it says the
+two are not distinguishable instead, with the interval.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from .metrics import Estimate, difference_ci
+
+
+def _hits(result, respondent: str, keys: list[str], key: dict[str, str]) -> np.ndarray:
+    answers = result.answers[respondent]
+    return np.array([float(answers[k].chosen == key[k]) for k in keys])
+
+
+def _interval(e: Estimate) -> str:
+    return f"{e.value:+.2f} [{e.low:+.2f}, {e.high:+.2f}]"
+
+
+def compare(a_name: str, b_name: str, diff: Estimate) -> str:
+    """One sentence on a paired difference a - b; only a claim when its interval
+    excludes 0."""
+    if diff.low > 0:
+        return f"{a_name} beats {b_name} by {diff.value:.2f} [{diff.low:.2f}, {diff.high:.2f}]"
+    if diff.high < 0:
+        return (f"{b_name} beats {a_name} by {-diff.value:.2f} [{-diff.high:.2f}, "
+                f"{-diff.low:.2f}]")
+    return (f"{a_name} and {b_name} are not distinguishable: the difference "
+            f"{_interval(diff)} includes 0")
+
+
+def community_verdict(result, community: str) -> dict:
+    """The verdict for one answer key: sentences and the numbers behind them."""
+    from ..respondents import labels
+
+    key = result.key(community)
+    present = [r for r in labels(community) if r in result.answers]
+    shared = sorted(k for k in key if all(k in result.answers[r] for r in present))
+    out: dict = {"community": community, "questions": len(shared), "lines": [],
+                 "comparisons": {}}
+    if not shared or not present:
+        out["lines"].append(f"r/{community}: no question answered by every respondent")
+        return out
+    counts = Counter(key[k] for k in shared)
+    top = max(sorted(counts), key=lambda letter: counts[letter])
+    majority = np.array([float(key[k] == top) for k in shared])
+    beating = []
+    for r in present:
+        diff = difference_ci(_hits(result, r, shared, key), majority)
+        out["comparisons"][f"{r} - majority letter"] = diff.as_dict()
+        if diff.low > 0:
+            beating.append(f"{r} by {diff.value:.2f} [{diff.low:.2f}, {diff.high:.2f}]")
+    where = f"r/{community} ({len(shared)} questions)"
+    if beating:
+        out["lines"].append(f"{where}: beats always answering the most common letter "
+                            f"({top}, {majority.mean():.2f}): " + "; ".join(beating))
+    else:
+        out["lines"].append(f"{where}: no respondent is distinguishable from always "
+                            f"answering the most common letter ({top}, accuracy "
+                            f"{majority.mean():.2f})")
+    pairs = [(f"aligned:{community}", f"persona:{community}"),
+             (f"persona:{community}", "base")]
+    for a, b in pairs:
+        if a in present and b in present:
+            diff = difference_ci(_hits(result, a, shared, key), _hits(result, b, shared, key))
+            out["comparisons"][f"{a} - {b}"] = diff.as_dict()
+            out["lines"].append(f"{where}: {compare(a.split(':')[0], b.split(':')[0], diff)}")
+    persona = f"persona:{community}"
+    if persona in present and "base" in present:
+        same = all(result.answers[persona][k].chosen == result.answers["base"][k].chosen
+                   for k in shared)
+        out["persona_changes_nothing"] = same
+        if same:
+            out["lines"].append(f"{where}: the persona prompt changed no answer of the base "
+                                "model")
+    return out
+
+
+def verdict(result, communities: list[str]) -> list[dict]:
+    """``community_verdict`` for each community that has an answer key."""
+    return [community_verdict(result, c) for c in communities if result.key(c)]

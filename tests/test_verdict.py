@@ -1,0 +1,60 @@
+"""The survey verdict in words (evaluate/verdict.py) and SimBench's TV score, on
+answers whose outcome is known."""
+
+from __future__ import annotations
+
+import pytest
+
+from cci_local.evaluate.items import Item
+from cci_local.evaluate.metrics import Estimate, simbench_score
+from cci_local.evaluate.survey import Answer, SurveyResult
+from cci_local.evaluate.verdict import community_verdict, compare
+
+
+def result_with(keys: list[str], chosen: dict[str, list[str]]) -> SurveyResult:
+    items = [Item(f"q{i}", f"Question {i}?", {"A": "a", "B": "b", "C": "c", "D": "d"},
+                  {"liberal": k}) for i, k in enumerate(keys)]
+    answers = {r: {f"q{i}": Answer(c, {c: 1.0}, "logprobs") for i, c in enumerate(letters)}
+               for r, letters in chosen.items()}
+    return SurveyResult("test", items, answers, [])
+
+
+def test_no_claim_when_the_interval_includes_zero():
+    assert compare("aligned", "persona", Estimate(0.12, 0.04, 0.20, 40)) == \
+        "aligned beats persona by 0.12 [0.04, 0.20]"
+    assert compare("aligned", "persona", Estimate(-0.1, -0.2, -0.03, 40)) == \
+        "persona beats aligned by 0.10 [0.03, 0.20]"
+    text = compare("aligned", "persona", Estimate(0.05, -0.02, 0.12, 40))
+    assert "not distinguishable" in text and "beats" not in text and "includes 0" in text
+
+
+def test_a_respondent_that_knows_the_key_beats_everything():
+    keys = list("ABCD" * 10)
+    other = ["B" if k == "A" else "A" for k in keys]  # never right
+    r = result_with(keys, {"base": ["A"] * 40, "persona:liberal": other,
+                           "aligned:liberal": keys})
+    lines = community_verdict(r, "liberal")["lines"]
+    assert lines[0].startswith("r/liberal (40 questions): beats always answering the most "
+                               "common letter (A, 0.25): aligned:liberal by 0.75")
+    assert "aligned beats persona by 1.00 [1.00, 1.00]" in lines[1]
+    assert "base beats persona by 0.25" in lines[2]  # base always says A: right 1 in 4
+    assert not any("changed no answer" in line for line in lines)
+
+
+def test_always_the_same_letter_is_indistinguishable_and_an_idle_persona_is_flagged():
+    keys = list("AABACADA" * 3)
+    r = result_with(keys, {"base": ["A"] * 24, "persona:liberal": ["A"] * 24})
+    v = community_verdict(r, "liberal")
+    assert v["lines"][0] == ("r/liberal (24 questions): no respondent is distinguishable from "
+                             "always answering the most common letter (A, accuracy 0.62)")
+    assert "persona and base are not distinguishable" in v["lines"][1]
+    assert v["lines"][2].endswith("the persona prompt changed no answer of the base model")
+    assert v["persona_changes_nothing"] is True
+
+
+def test_simbench_score():
+    human = [[0.7, 0.1, 0.1, 0.1]]
+    assert simbench_score(human, human).value == pytest.approx(100)
+    assert simbench_score([[0.25] * 4], human).value == pytest.approx(0)
+    assert simbench_score([[0, 1, 0, 0]], human).value < 0  # worse than uniform
+    assert simbench_score([[0.25] * 4], [[0.25] * 4]).n == 0  # uniform humans: no room
