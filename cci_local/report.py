@@ -210,6 +210,7 @@ def _training(doc: Doc, db, names: list[str], plots: bool) -> None:
         names).fetchall()
     doc.h(2, "Training")
     doc.data["training"] = []
+    _training_data(doc, db, names)
     if not rows:
         doc.p("No adapter trained yet (`cci-local train r/NAME`).")
         return
@@ -226,6 +227,33 @@ def _training(doc: Doc, db, names: list[str], plots: bool) -> None:
     fields = ("id", "community", "base", "trainer", "examples", "steps", "total_steps",
               "final_loss", "gguf", "status")
     doc.data["training"] = [dict(zip(fields, r, strict=True)) for r in rows]
+
+
+def _training_data(doc: Doc, db, names: list[str]) -> None:
+    """Where each community's training pairs (train split) came from."""
+    marks = ",".join("?" * len(names))
+    counts = db.execute(
+        "SELECT a.community, CASE WHEN i.source LIKE 'import:%' THEN 'imported'"
+        " WHEN i.kind = 'template' THEN 'template pairs (real posts)'"
+        " ELSE 'CommInst from the teacher' END, count(*) FROM instructions i"
+        " JOIN community_answers a ON a.instruction_id = i.id"
+        f" WHERE a.community IN ({marks}) AND i.split = 'train'"
+        " AND i.kind IN ('open', 'template') GROUP BY 1, 2 ORDER BY 1, 2", names).fetchall()
+    files = db.execute(
+        "SELECT m.path, m.format, count(DISTINCT r.instruction_id) FROM import_rows r"
+        f" JOIN imports m ON m.id = r.import_id WHERE r.community IN ({marks})"
+        " GROUP BY m.id ORDER BY m.path", names).fetchall()
+    doc.data["training_data"] = {"pairs": [{"community": c, "origin": o, "pairs": n}
+                                           for c, o, n in counts],
+                                 "imported_files": [{"path": p, "format": f, "questions": n}
+                                                    for p, f, n in files]}
+    if counts:
+        doc.table("Training pairs in the train split, by where they came from",
+                  ["community", "origin", "pairs"],
+                  [[f"r/{c}", o, f"{n:,}"] for c, o, n in counts])
+    if files:
+        doc.table("Imported files (`cci-local import`)", ["file", "format", "questions"],
+                  [[p, f, f"{n:,}"] for p, f, n in files])
 
 
 def _survey(doc: Doc, db, names: list[str], plots: bool) -> None:

@@ -188,3 +188,17 @@ def test_export_then_import_gives_the_same_pairs(tmp_path, paper, fmt):
         assert pairs(fresh) == pairs(source)
     assert sum(r.questions_added + r.answers_added for r in
                import_files(fresh, [str(tmp_path / "out")])) == 0
+
+
+def test_the_report_says_where_training_pairs_came_from(tmp_path, paper):
+    from cci_local.report import write_report
+
+    db = open_store(tmp_path / "s.db")
+    import_files(db, [str(p) for p in paper])
+    path = tmp_path / "report.json"
+    write_report(db, path, "json", communities=["Liberal", "Conservative"])
+    data = json.loads(path.read_text())["training_data"]
+    assert {(p["community"], p["origin"], p["pairs"]) for p in data["pairs"]} == {
+        ("Liberal", "imported", 1), ("Conservative", "imported", 1)}
+    assert [(f["path"], f["format"]) for f in data["imported_files"]] == [
+        (str(paper[0]), "paper-csv"), (str(paper[1]), "paper-csv")]
