@@ -202,3 +202,13 @@ def test_the_report_says_where_training_pairs_came_from(tmp_path, paper):
         ("Liberal", "imported", 1), ("Conservative", "imported", 1)}
     assert [(f["path"], f["format"]) for f in data["imported_files"]] == [
         (str(paper[0]), "paper-csv"), (str(paper[1]), "paper-csv")]
+
+
+def test_training_on_the_unseen_topic_split_leaves_held_out_topics_out(tmp_path, paper):
+    db = open_store(tmp_path / "s.db")
+    import_files(db, [str(p) for p in paper])
+    # Row 1 is train in the random split but its topic is held out; row 2 the reverse.
+    assert training_pairs(db, "Liberal", ("open",)) == [
+        ("How do you get to work most days?", "Train, mostly, it is quicker.")]
+    assert training_pairs(db, "Liberal", ("open",), split_by="topic") == [
+        ("What should a civics class teach first?", "How local government works.")]

@@ -34,6 +34,9 @@ from .common import console, interrupted, out, progress_bar, seed_option
 @click.option("--kind", "kinds", type=click.Choice(["open", "template"]), multiple=True,
               help="Training pairs: open (CommInst, the default), template, or both.")
 @click.option("--max-examples", type=click.IntRange(min=1), help="Train on a seeded sample.")
+@click.option("--split-by", type=click.Choice(["random", "topic"]), default="random",
+              show_default=True, help="Train on the random split's train rows, or on the "
+              "unseen-topic split's (no held-out topic seen; for survey --split topic).")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps.")
 @click.option("--4bit", "four_bit", is_flag=True, help="4-bit base weights (CUDA only).")
@@ -45,8 +48,8 @@ from .common import console, interrupted, out, progress_bar, seed_option
               help="Print the plan and a memory estimate; train nothing.")
 @click.pass_obj
 def train_cmd(obj, community, base, trainer, steps, epochs, lr, batch_size, micro_batch, rank,
-              alpha, dropout, targets, max_len, kinds, max_examples, checkpoint_every, device,
-              four_bit, grad_checkpoint, seed, dry_run):
+              alpha, dropout, targets, max_len, kinds, max_examples, split_by, checkpoint_every,
+              device, four_bit, grad_checkpoint, seed, dry_run):
     """Train COMMUNITY's LoRA adapter and export it as a GGUF adapter (llama.cpp, Ollama).
 
     Resumes a killed run from its last checkpoint; a finished run with the same
@@ -65,7 +68,7 @@ def train_cmd(obj, community, base, trainer, steps, epochs, lr, batch_size, micr
     kinds = tuple(kinds) or ("open",)
     if dry_run:
         _print_plan(plan(obj.db, community, base, config, kinds=kinds,
-                         max_examples=max_examples), base, trainer, config)
+                         max_examples=max_examples, split_by=split_by), base, trainer, config)
         return
     bar = progress_bar("training")
     state = {}
@@ -83,7 +86,7 @@ def train_cmd(obj, community, base, trainer, steps, epochs, lr, batch_size, micr
     try:
         with bar:
             row = train(obj.db, community, base, config, trainer=trainer, kinds=kinds,
-                        max_examples=max_examples, on_step=on_step)
+                        max_examples=max_examples, on_step=on_step, split_by=split_by)
     except KeyboardInterrupt:
         interrupted("run the same command again to continue from the last checkpoint")
     verb = "already trained" if row["reused"] else "trained"

@@ -129,14 +129,18 @@ def run_key(community: str, base_ident: str, hashed: str, trainer: str, kinds, c
 TRAINERS = ("peft", "mlx")
 
 
-def _pairs(db, community, kinds, max_examples, seed):
+def _pairs(db, community, kinds, max_examples, seed, split_by="random"):
     name = find_community(db, community)
     if name is None:
         raise TrainError(f"no community {community!r} in the store")
-    pairs = training_pairs(db, name, kinds, max_examples=max_examples, seed=seed)
+    if split_by not in ("random", "topic"):
+        raise TrainError(f"split_by must be random or topic, not {split_by!r}")
+    pairs = training_pairs(db, name, kinds, max_examples=max_examples, seed=seed,
+                           split_by=split_by)
     if not pairs:
         what = " or ".join("CommInst" if k == "open" else f"{k} pairs" for k in kinds)
-        raise TrainError(f"r/{name} has no {what} in the train split: run `cci-local generate "
+        split = "unseen-topic train split" if split_by == "topic" else "train split"
+        raise TrainError(f"r/{name} has no {what} in the {split}: run `cci-local generate "
                          f"r/{name}` first" + (" (or train on template pairs: --kind template)"
                                                if kinds == ("open",) else ""))
     return name, pairs
@@ -144,12 +148,12 @@ def _pairs(db, community, kinds, max_examples, seed):
 
 def plan(db: sqlite_utils.Database, community: str, base: str = "embedded",
          config: TrainConfig | None = None, *, kinds: tuple[str, ...] = ("open",),
-         max_examples: int | None = None):
+         max_examples: int | None = None, split_by: str = "random"):
     """What ``train`` would do, and a memory estimate, without loading the model."""
     from .estimate import make_plan, model_shape
 
     config = config or TrainConfig()
-    _, pairs = _pairs(db, community, kinds, max_examples, config.seed)
+    _, pairs = _pairs(db, community, kinds, max_examples, config.seed, split_by)
     resolved = resolve_base(base)
     return make_plan(pairs, model_shape(resolved.gguf, resolved.hf_dir), config)
 
@@ -158,11 +162,14 @@ def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
           config: TrainConfig | None = None, *, trainer: str = "peft",
           kinds: tuple[str, ...] = ("open",),
           max_examples: int | None = None, out_dir: Path | None = None,
-          on_step: Callable[[dict], None] | None = None, force: bool = False) -> dict:
+          on_step: Callable[[dict], None] | None = None, force: bool = False,
+          split_by: str = "random") -> dict:
     """Train (or resume, or reuse) ``community``'s adapter; return its store row.
-    ``force``: train again from scratch even if this run finished before."""
+    ``force``: train again from scratch even if this run finished before.
+    ``split_by`` 'topic': train on the unseen-topic split's train rows, for
+    ``survey --split topic`` (the adapter is keyed by its data, so it is its own)."""
     config = config or TrainConfig()
-    name, pairs = _pairs(db, community, kinds, max_examples, config.seed)
+    name, pairs = _pairs(db, community, kinds, max_examples, config.seed, split_by)
     resolved = resolve_base(base)
     ident = base_identity(db, resolved)
     hashed = data_hash(pairs)

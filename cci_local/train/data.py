@@ -13,14 +13,16 @@ IGNORE = -100  # label of a token the loss skips (the prompt)
 
 def training_pairs(db: sqlite_utils.Database, community: str, kinds: tuple[str, ...] = ("open",),
                    split: str = "train", max_examples: int | None = None,
-                   seed: int = 0) -> list[tuple[str, str]]:
+                   seed: int = 0, split_by: str = "random") -> list[tuple[str, str]]:
     """(question, this community's answer) for its ``kinds`` pairs in ``split``, in a
-    stable order; ``max_examples`` keeps a seeded sample."""
+    stable order; ``max_examples`` keeps a seeded sample.  ``split_by`` 'topic'
+    reads the unseen-topic split, so an adapter never sees a held-out topic."""
+    column = {"random": "i.split", "topic": "coalesce(i.split_by_topic, i.split)"}[split_by]
     marks = ",".join("?" * len(kinds))
     rows = db.execute(
         "SELECT i.question, a.answer FROM instructions i JOIN community_answers a"
         f" ON a.instruction_id = i.id WHERE a.community = ? AND i.kind IN ({marks})"
-        " AND i.split = ? ORDER BY i.id", [community, *kinds, split]).fetchall()
+        f" AND {column} = ? ORDER BY i.id", [community, *kinds, split]).fetchall()
     if max_examples is not None and len(rows) > max_examples:
         keep = np.sort(np.random.default_rng(seed).permutation(len(rows))[:max_examples])
         rows = [rows[i] for i in keep]
