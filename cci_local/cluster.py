@@ -229,6 +229,7 @@ def cluster(vectors: np.ndarray, settings: ClusterSettings) -> Clustering:
             raise ClusterError(f"--topics {settings.n_topics} needs more than {n} documents")
         labels = _kmeans(reduced, settings.n_topics, settings.seed)
         done["n_topics"] = settings.n_topics
+        full = _propagate(vectors, sample, labels)
     elif settings.clusterer == "hdbscan":
         size = settings.min_cluster_size or min_cluster_size(len(sample))
         if settings.min_cluster_size is None and size != 40:
@@ -263,8 +264,6 @@ def cluster(vectors: np.ndarray, settings: ClusterSettings) -> Clustering:
                          "documents; left whole (--no-split)")
     else:
         raise ClusterError(f"unknown clusterer {settings.clusterer!r}: use hdbscan or kmeans")
-    if settings.clusterer == "kmeans":
-        full = _propagate(vectors, sample, labels)
     if len(sample) < n:
         notes.append(f"clustered a seeded sample of {len(sample):,} documents; the other "
                      f"{n - len(sample):,} joined their nearest neighbours' topics")

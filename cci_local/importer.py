@@ -123,14 +123,42 @@ def _csv_rows(path: Path, text: str):
         raise ImportFileError(f"{path}: empty file")
 
 
+def _answer_columns(header: list[str]) -> list[str]:
+    """The communities of a CSV with one answer_<Community> column each."""
+    return [h[len("answer_"):] for h in header if h.startswith("answer_")]
+
+
+def _answers(row: dict, communities: list[str]) -> dict[str, str]:
+    """community -> answer, for the answer cells that are not blank."""
+    answers = {c: (row.get(f"answer_{c}") or "").strip() for c in communities}
+    return {c: a for c, a in answers.items() if a}
+
+
+def _kind(question: str, answers: dict[str, str], where: str,
+          errors: list[str]) -> tuple[str, str, dict[str, str] | None] | None:
+    """(kind, question, options): a question written with option lines whose
+    answers are all letters is multiple-choice (the option lines and what follows
+    them leave its text), anything else open-ended.  None, with the error
+    recorded, when a letter is not one of the options."""
+    choice = split_choice(question)
+    if choice and answers and all(re.fullmatch(r"[A-J]", a) for a in answers.values()):
+        text, options = choice
+        bad = [c for c, a in answers.items() if a not in options]
+        if bad:
+            errors.append(f"{where}: answer of {', '.join(bad)} is not one of "
+                          f"{', '.join(options)}")
+            return None
+        return "choice", text, options
+    return "open", question, None
+
+
 def read_paper_csv(path: Path, text: str, errors: list[str]) -> list[Pair]:
-    reader = csv.DictReader(io.StringIO(text))
-    header = reader.fieldnames or []
-    communities = [h[len("answer_"):] for h in header if h.startswith("answer_")]
+    header = csv.DictReader(io.StringIO(text)).fieldnames or []
+    communities = _answer_columns(header)
     missing = [c for c in ("question", "split") if c not in header]
     if missing or not communities:
         raise ImportFileError(f"{path}:1: not the release's layout: needs question, split and "
-                           f"answer_<Community> columns; found {', '.join(header)}")
+                              f"answer_<Community> columns; found {', '.join(header)}")
     pairs = []
     for line, row in _csv_rows(path, text):
         where = f"{path}:{line}"
@@ -138,20 +166,10 @@ def read_paper_csv(path: Path, text: str, errors: list[str]) -> list[Pair]:
         if not question:
             errors.append(f"{where}: empty question")
             continue
-        answers = {c: (row.get(f"answer_{c}") or "").strip() for c in communities}
-        answers = {c: a for c, a in answers.items() if a}
-        choice = split_choice(question)
-        letters_only = answers and all(re.fullmatch(r"[A-J]", a) for a in answers.values())
-        if choice and letters_only:
-            question, options = choice
-            bad = [c for c, a in answers.items() if a not in options]
-            if bad:
-                errors.append(f"{where}: answer of {', '.join(bad)} is not one of "
-                              f"{', '.join(options)}")
-                continue
-            kind = "choice"
-        else:
-            options, kind = None, "open"
+        answers = _answers(row, communities)
+        if (parsed := _kind(question, answers, where, errors)) is None:
+            continue
+        kind, question, options = parsed
         split = _split(row.get("split", ""), where, "split", errors)
         by_topic = _split(row.get("split_by_topic", ""), where, "split_by_topic", errors,
                           allow_empty=True)
@@ -166,7 +184,7 @@ def read_paper_csv(path: Path, text: str, errors: list[str]) -> list[Pair]:
 
 def read_own_csv(path: Path, text: str, errors: list[str]) -> list[Pair]:
     header = csv.DictReader(io.StringIO(text)).fieldnames or []
-    communities = [h[len("answer_"):] for h in header if h.startswith("answer_")]
+    communities = _answer_columns(header)
     pairs = []
     for line, row in _csv_rows(path, text):
         where = f"{path}:{line}"
@@ -179,13 +197,13 @@ def read_own_csv(path: Path, text: str, errors: list[str]) -> list[Pair]:
         if kind == "choice":
             try:
                 options = json.loads(row.get("options") or "")
-                assert isinstance(options, dict) and len(options) >= 2
-            except (ValueError, AssertionError):
+            except ValueError:
+                options = None
+            if not isinstance(options, dict) or len(options) < 2:
                 errors.append(f"{where}: options must be a JSON object of two or more "
                               "letters for a choice question")
                 continue
-        answers = {c: row[f"answer_{c}"].strip() for c in communities
-                   if (row.get(f"answer_{c}") or "").strip()}
+        answers = _answers(row, communities)
         split = _split(row.get("split", ""), where, "split", errors)
         by_topic = _split(row.get("split_by_topic", ""), where, "split_by_topic", errors,
                           allow_empty=True)
@@ -203,7 +221,7 @@ def read_paper_json(path: Path, data, community: str | None, errors: list[str]) 
         found = PAPER_NAME.search(path.name)
         if not found:
             raise ImportFileError(f"{path}: cannot tell the community from the file name "
-                               "(expected instructions_<Community>_...json): give --community")
+                                  "(expected instructions_<Community>_...json): give --community")
         community = found.group("community")
     pairs = []
     for n, item in enumerate(data, 1):
@@ -216,15 +234,9 @@ def read_paper_json(path: Path, data, community: str | None, errors: list[str]) 
         if str(item.get("input") or "").strip():
             question = f"{question}\n\n{str(item['input']).strip()}"
         answer = str(item["output"]).strip()
-        choice = split_choice(question)
-        if choice and re.fullmatch(r"[A-J]", answer):
-            question, options = choice
-            if answer not in options:
-                errors.append(f"{where}: answer {answer!r} is not one of {', '.join(options)}")
-                continue
-            kind = "choice"
-        else:
-            options, kind = None, "open"
+        if (parsed := _kind(question, {community: answer}, where, errors)) is None:
+            continue
+        kind, question, options = parsed
         split = _split(str(item.get("split", "train")), where, "split", errors)
         by_topic = _split(str(item.get("split_by_topic") or ""), where, "split_by_topic",
                           errors, allow_empty=True)
@@ -293,10 +305,10 @@ def detect(path: Path, text: str) -> str:
             return "paper-csv"
         if "kind" in header and "question" in header:
             return "csv"
-        if "question" in header and any(h.startswith("answer_") for h in header):
+        if "question" in header and _answer_columns(header):
             return "paper-csv"
         raise ImportFileError(f"{path}:1: a CSV with columns {', '.join(header)} is neither the "
-                           "release's CommInst/CommSurvey layout nor cci-local's export")
+                              "release's CommInst/CommSurvey layout nor cci-local's export")
     if name.endswith(".jsonl"):
         return "mlx" if path.stem in SUBSETS else "openai"
     if name.endswith(".json"):
@@ -305,8 +317,8 @@ def detect(path: Path, text: str) -> str:
         if (path.parent / "dataset_info.json").is_file():
             return "sharegpt"
         raise ImportFileError(f"{path}: a JSON file that is neither the release's "
-                           "instructions_<Community>_... layout nor a ShareGPT export beside "
-                           "its dataset_info.json; name the format with --format")
+                              "instructions_<Community>_... layout nor a ShareGPT export beside "
+                              "its dataset_info.json; name the format with --format")
     raise ImportFileError(f"{path}: unknown file type; expected .csv, .json or .jsonl")
 
 
@@ -348,7 +360,7 @@ def read_file(path: Path, fmt: str = "auto", community: str | None = None
     if errors:
         more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
         raise ImportFileError(f"{len(errors)} bad row{'s' if len(errors) > 1 else ''}; nothing "
-                           f"from {path} was stored:\n  " + "\n  ".join(errors[:20]) + more)
+                              f"from {path} was stored:\n  " + "\n  ".join(errors[:20]) + more)
     if not pairs:
         raise ImportFileError(f"{path}: no question with an answer in it")
     return fmt, pairs

@@ -72,26 +72,25 @@ def survey_cmd(obj, communities, survey_file, base, split_by, scoring, no_person
         obj.db, names, base, split_by=split_by, survey_id=survey_id, persona=not no_persona,
         aligned=not no_aligned, persona_text=persona_text, template=template, scoring=scoring,
         samples=samples, survey_file=survey_file, progress=progress))
-    if json_or_notes(result.as_dict(names), result.notes, as_json):
+    data = result.as_dict(names)
+    if json_or_notes(data, result.notes, as_json):
         return
     if result.items:
-        _survey_tables(result, names)
+        _survey_tables(result, names, data["verdict"])
 
 
 def tv(e) -> str:
     return f"{e.value:.1f} [{e.low:.1f}, {e.high:.1f}]" if e.n else "-"
 
 
-def _verdict(result, names: list[str]) -> None:
-    from ..evaluate.verdict import verdict
-
+def _verdict(verdict: list[dict]) -> None:
     out.print("[bold]verdict[/bold] (paired bootstrap over the same questions, 95%):")
-    for entry in verdict(result, names):
+    for entry in verdict:
         for line in entry["lines"]:
             out.print(f"  {line}", highlight=False, soft_wrap=True)
 
 
-def _survey_tables(result, names: list[str]) -> None:
+def _survey_tables(result, names: list[str], verdict: list[dict]) -> None:
     from ..evaluate.metrics import majority_baseline, random_baseline
     from ..respondents import labels
 
@@ -121,7 +120,7 @@ def _survey_tables(result, names: list[str]) -> None:
                 table.add_row(f"r/{c}", f"r/{other}'s real answers", "", "", "",
                               ci(result.between(c, other)), "", style="dim")
     out.print(table)
-    _verdict(result, names)
+    _verdict(verdict)
     topics = {c: result.topics(c) for c in names}
     if any(topics.values()):
         shown = [r for r in ("base", "persona", "aligned")

@@ -149,6 +149,10 @@ def is_release_layout(header: list[str]) -> bool:
             and any(h.startswith("answer_") for h in header))
 
 
+def _header(text: str) -> list[str]:
+    return [h.strip() for h in next(csv.reader(io.StringIO(text)), [])]
+
+
 def _release_items(path: Path, text: str, split: str, errors: list[str]) -> list[dict]:
     from ..importer import ImportFileError, read_paper_csv
 
@@ -240,8 +244,7 @@ def read_survey_file(path: str | Path, split: str = "random") -> tuple[str, list
             if (item := _item(raw, where, i, errors)) is not None:
                 items.append(item)
     else:
-        header = [h.strip() for h in next(csv.reader(io.StringIO(text)), [])]
-        if is_release_layout(header):
+        if is_release_layout(_header(text)):
             items = _release_items(path, text, split, errors)
             name = f"{path.stem} ({split} split, held-out rows)"
             if not items and not errors:
@@ -268,8 +271,9 @@ def load_survey(db: sqlite_utils.Database, path: str | Path, split: str = "rando
     path = Path(path)
     name, items = read_survey_file(path, split)
     content = path.read_bytes()
-    if name.endswith(" split, held-out rows)"):
-        content += f"\0split={split}".encode()
+    if path.suffix.lower() != ".json" and is_release_layout(
+            _header(content.decode("utf-8-sig"))):
+        content += f"\0split={split}".encode()  # each split is its own survey
     survey_id = hashlib.sha256(content).hexdigest()[:16]
     if db.execute("SELECT 1 FROM surveys WHERE id = ?", [survey_id]).fetchone():
         return survey_id
