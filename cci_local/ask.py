@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import sqlite_utils
 
 from .errors import CciError
-from .llm import BackendError, Sampling, chat_stream
-from .respondents import Respondent, panel
+from .llm import Backend, BackendError, Sampling, chat_stream
+from .respondents import Panel, Respondent, panel
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -65,12 +65,17 @@ def parse_options(text: str | None = None, lines: list[str] | None = None) -> di
 
 
 def respondents(db: sqlite_utils.Database, communities: list[str], base: str, *,
-                include_base: bool = False, persona: bool = False) -> list[Respondent]:
-    """Each community's aligned model, then (if asked) the base and the personas.
-    Raises NoAdapter naming the command to run when a community has no adapter, or
-    when the base cannot load adapters (a remote server)."""
+                include_base: bool = False, persona: bool = False,
+                base_backend: Backend | None = None, aligned_server: str | None = None,
+                aligned_name: str = "{community}") -> Panel:
+    """Each community's aligned model, then (if asked) the base and the personas, as a
+    panel to close.  Raises NoAdapter naming the command to run when a community has
+    no adapter, or when the base cannot load adapters (a remote server).  The aligned
+    models share ``base_backend`` (or the panel's base) with adapters switched in."""
     return panel(db, communities, base, include_base=include_base, persona=persona,
-                 order=("aligned", "base", "persona"), require_adapters=True).respondents
+                 order=("aligned", "base", "persona"), require_adapters=True,
+                 base_backend=base_backend, aligned_server=aligned_server,
+                 aligned_name=aligned_name)
 
 
 def _messages(system: str | None, user: str) -> list[dict]:

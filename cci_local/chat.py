@@ -22,7 +22,7 @@ import sqlite_utils
 
 from .ask import AskError, respondents
 from .llm import BackendError, Sampling, chat_stream, get_backend
-from .respondents import NoAdapter, Respondent
+from .respondents import NoAdapter, Respondent, local_gguf
 from .store import UnknownCommunity, select_communities
 
 DEFAULT_SAMPLING = Sampling(max_tokens=256, temperature=0.7)
@@ -80,7 +80,11 @@ def run_chat(db: sqlite_utils.Database, community: str, base: str, *,
     """Converse until /quit or the end of input.  ``read_line(prompt)`` returns a line
     or None at the end; ``write`` shows text (replies arrive in pieces)."""
     name = select_communities(db, [community])[0]
-    (aligned,) = respondents(db, [name], base)
+    # One base model for the whole conversation: /switch switches the adapter on it,
+    # /base answers with no adapter, and nothing is loaded twice.
+    shared = get_backend(base) if local_gguf(base) else None
+    panels = [respondents(db, [name], base, base_backend=shared)]
+    (aligned,) = panels[0].respondents
     session = Session(_new_session(db), name, aligned)
     models = {name: aligned}
     base_model, told = None, 0
@@ -105,7 +109,8 @@ def run_chat(db: sqlite_utils.Database, community: str, base: str, *,
                     if other is None:
                         raise AskError("/switch needs a community: /switch r/NAME")
                     if other not in models:
-                        models[other] = respondents(db, [other], base)[0]
+                        panels.append(respondents(db, [other], base, base_backend=shared))
+                        models[other] = panels[-1].respondents[0]
                 except (AskError, NoAdapter, UnknownCommunity) as e:
                     write(f"{e}\n")
                     continue
@@ -117,7 +122,7 @@ def run_chat(db: sqlite_utils.Database, community: str, base: str, *,
                     write("nothing to compare yet: say something first\n")
                     continue
                 if base_model is None:
-                    base_model = Respondent("base", get_backend(base))
+                    base_model = Respondent("base", shared or get_backend(base))
                 last = max(i for i, m in enumerate(session.messages) if m["role"] == "user")
                 sent, _ = fit_history(base_model.backend, session.messages[:last + 1],
                                       sampling.max_tokens)
@@ -146,9 +151,12 @@ def run_chat(db: sqlite_utils.Database, community: str, base: str, *,
                 continue
             session.messages.append({"role": "assistant", "content": text})
     finally:
-        for r in [*models.values(), base_model]:
-            if r is not None:
-                r.backend.close()
+        for p in panels:
+            p.close()
+        if base_model is not None and base_model.backend is not shared:
+            base_model.backend.close()
+        if shared is not None:
+            shared.close()
     return session
 
 

@@ -22,6 +22,7 @@ from .commands.models import doctor, models, prompt
 from .commands.psychometrics import psychometrics_cmd
 from .commands.report import export_cmd, report_cmd
 from .commands.run import collect_cmd, run_cmd
+from .commands.serve import serve_cmd
 from .commands.survey import survey_cmd
 from .commands.topics import topics
 from .commands.train import train_cmd
@@ -52,6 +53,6 @@ def cli(ctx, db_path):
 
 # In pipeline order, then the tools around it.
 for command in (run_cmd, collect_cmd, ingest_cmd, status, topics, generate, train_cmd,
-                survey_cmd, psychometrics_cmd, fidelity_cmd, ask_cmd, chat_cmd, report_cmd,
-                export_cmd, import_cmd, prompt, models, doctor):
+                survey_cmd, psychometrics_cmd, fidelity_cmd, ask_cmd, chat_cmd, serve_cmd,
+                report_cmd, export_cmd, import_cmd, prompt, models, doctor):
     cli.add_command(command)

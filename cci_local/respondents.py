@@ -12,6 +12,7 @@ ask and chat (docs/method.md#respondents).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import sqlite_utils
 
@@ -45,15 +46,16 @@ class Panel:
 
     respondents: list[Respondent] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    base: Backend | None = None  # the base model, shared by the base and the personas
+    base: Backend | None = None  # the base model: base, personas and switched adapters
     opened: list[Backend] = field(default_factory=list)
+    owns_base: bool = True  # False: the caller opened the base and closes it
 
     def plan(self) -> list[tuple[str, Backend, str | None]]:
         """(label, backend, system prompt) per respondent, in order."""
         return [(r.label, r.backend, r.system) for r in self.respondents]
 
     def close(self) -> None:
-        for model in ([self.base] if self.base else []) + self.opened:
+        for model in ([self.base] if self.base and self.owns_base else []) + self.opened:
             model.close()
 
     def __enter__(self) -> Panel:
@@ -68,8 +70,11 @@ def labels(community: str) -> list[str]:
     return ["base", f"persona:{community}", f"aligned:{community}"]
 
 
-def aligned_backend(db: sqlite_utils.Database, community: str, base: str):
-    """base + the community's newest finished adapter trained on that base, or None."""
+def aligned_backend(db: sqlite_utils.Database, community: str, base: str,
+                    shared: Backend | None = None):
+    """base + the community's newest finished adapter trained on that base, or None.
+    With ``shared`` (the base's backend, open or not), the aligned model is that model
+    with the adapter switched in per call: one copy of the base for every community."""
     from .llm.llama_cpp import LlamaCppBackend
     from .train import base_identity, resolve_base
 
@@ -81,7 +86,38 @@ def aligned_backend(db: sqlite_utils.Database, community: str, base: str):
                      [community, base_identity(db, resolved)]).fetchone()
     if row is None or not row[0]:
         return None
-    return LlamaCppBackend(resolved.gguf, spec=f"{base}+adapter:{community}", lora_path=row[0])
+    spec = f"{base}+adapter:{community}"
+    if isinstance(shared, LlamaCppBackend) and shared.path.resolve() == Path(
+            resolved.gguf).expanduser().resolve():
+        return shared.with_adapter(row[0], spec=spec)
+    return LlamaCppBackend(resolved.gguf, spec=spec, lora_path=row[0])
+
+
+def server_aligned(url: str, pattern: str, community: str) -> Respondent:
+    """A community's aligned model served by an OpenAI-compatible server.  ``pattern``
+    names it, ``{community}`` filled in: the model asked for (vLLM's ``--lora-modules
+    NAME=PATH``, ``cci-local serve``, llama_cpp.server's ``model_alias``).  A pattern
+    ``lora:{community}`` instead asks llama.cpp's llama-server (``--lora`` per
+    community) for the adapter whose file is the community's (see llama_server_lora)."""
+    from .llm.openai import OpenAIBackend, llama_server_lora
+
+    name = pattern.replace("{community}", community)
+    if name.startswith("lora:"):
+        number = llama_server_lora(url, name.removeprefix("lora:"))
+        backend = OpenAIBackend(name, base_url=url,
+                                extra_body={"lora": [{"id": number, "scale": 1.0}]})
+    else:
+        backend = OpenAIBackend(name, base_url=url)
+    return Respondent(f"aligned:{community}", backend, None, f"{backend.base_url}#{name}")
+
+
+def local_gguf(base: str) -> bool:
+    """Whether ``base`` is a GGUF file run in this process (embedded, gguf:PATH or a
+    registry name for one): the form adapters are switched on."""
+    from .llm.registry import resolve
+
+    spec, _ = resolve(base)
+    return spec == "embedded" or spec.startswith("gguf:")
 
 
 def check_adapters_load(db: sqlite_utils.Database, base: str) -> None:
@@ -108,18 +144,26 @@ def check_adapters_load(db: sqlite_utils.Database, base: str) -> None:
 def panel(db: sqlite_utils.Database, communities: list[str], base: str, *,
           include_base: bool = True, persona: bool = True, aligned: bool = True,
           persona_text: str = PERSONA, order: tuple[str, ...] = KINDS,
-          require_adapters: bool = False, open_base: bool = False) -> Panel:
+          require_adapters: bool = False, open_base: bool = False,
+          base_backend: Backend | None = None, aligned_server: str | None = None,
+          aligned_name: str = "{community}") -> Panel:
     """The respondents for ``communities`` on ``base``, kinds in ``order``.
 
     A community without an adapter on ``base`` gets a note (or, with
     ``require_adapters``, NoAdapter naming the command to run).  The base model is
     opened when a base or persona respondent needs it, or when ``open_base`` says so
-    (fidelity scores perplexity with it)."""
+    (fidelity scores perplexity with it); ``base_backend`` is one already open (kept
+    open on close).  An aligned model is the base with the community's adapter
+    switched in per call, on the same model and context; with ``aligned_server`` it
+    is a model of that OpenAI-compatible server instead, named by ``aligned_name``
+    (see server_aligned)."""
     result = Panel()
+    if base_backend is not None:
+        result.base, result.owns_base = base_backend, False
     try:
-        if require_adapters:
+        if require_adapters and not aligned_server:
             check_adapters_load(db, base)
-        if include_base or persona or open_base:
+        if result.base is None and (include_base or persona or open_base):
             result.base = get_backend(base)
         by_kind: dict[str, list[Respondent]] = {k: [] for k in KINDS}
         if include_base:
@@ -128,9 +172,15 @@ def panel(db: sqlite_utils.Database, communities: list[str], base: str, *,
             by_kind["persona"] = [Respondent(f"persona:{c}", result.base,
                                              persona_text.format(community=c))
                                   for c in communities]
-        if aligned:
+        if aligned and aligned_server:
+            by_kind["aligned"] = [server_aligned(aligned_server, aligned_name, c)
+                                  for c in communities]
+            result.opened += [r.backend for r in by_kind["aligned"]]
+        elif aligned:
+            if result.base is None and local_gguf(base):
+                result.base = get_backend(base)  # loaded on first use, by an aligned model
             for c in communities:
-                adapted = aligned_backend(db, c, base)
+                adapted = aligned_backend(db, c, base, result.base)
                 if adapted is None:
                     if require_adapters:
                         raise NoAdapter(f"r/{c} has no adapter on {base}: train it with "
@@ -139,7 +189,8 @@ def panel(db: sqlite_utils.Database, communities: list[str], base: str, *,
                     result.notes.append(f"r/{c} has no adapter on {base}: run `cci-local "
                                         f"train r/{c}` to add its aligned model")
                     continue
-                result.opened.append(adapted)
+                if adapted.model is not getattr(result.base, "model", None):
+                    result.opened.append(adapted)
                 by_kind["aligned"].append(Respondent(f"aligned:{c}", adapted, None,
                                                      str(adapted.lora_path)))
         result.respondents = [r for kind in order for r in by_kind[kind]]

@@ -13,7 +13,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from .common import console, fail, json_option, out, seed_option
+from .common import aligned_server_options, console, fail, json_option, out, seed_option
 
 
 @click.command(name="ask")
@@ -38,10 +38,12 @@ from .common import console, fail, json_option, out, seed_option
               help="The options are categories, not a scale (total variation, not W1).")
 @click.option("--scoring", type=click.Choice(["letter", "text"]), default="text",
               show_default=True, help="How options are scored (as in `survey`).")
+@aligned_server_options
 @json_option("the answers")
 @click.pass_obj
 def ask_cmd(obj, question, communities, base, include_base, persona, samples, seed,
-            max_tokens, temperature, options_text, options_file, unordered, scoring, as_json):
+            max_tokens, temperature, options_text, options_file, unordered, scoring,
+            aligned_server, aligned_name, as_json):
     """Put QUESTION (or - for standard input) to each of COMMUNITIES' aligned models and
     show their answers side by side, like a focus group; --with-base and --persona add
     contrast.  With --options, each model's whole distribution over the options (the
@@ -62,16 +64,18 @@ def ask_cmd(obj, question, communities, base, include_base, persona, samples, se
         options = parse_options(lines=Path(options_file).read_text(
             encoding="utf-8").splitlines())
     names = select_communities(obj.db, list(communities))
-    people = respondents(obj.db, names, default_model("base", base),
-                         include_base=include_base, persona=persona)
-    streaming = not as_json and not options and len(people) * samples == 1
-    if streaming:
-        out.print(f"[bold]{people[0].label}[/bold]:", highlight=False)
-    result = ask_question(obj.db, people, question, options=options, samples=samples,
-                          seed=seed, max_tokens=max_tokens, temperature=temperature,
-                          scoring=scoring, ordered=not unordered,
-                          on_piece=(lambda label, k, text: click.echo(text, nl=False))
-                          if streaming else None)
+    with respondents(obj.db, names, default_model("base", base), include_base=include_base,
+                     persona=persona, aligned_server=aligned_server,
+                     aligned_name=aligned_name) as group:
+        people = group.respondents
+        streaming = not as_json and not options and len(people) * samples == 1
+        if streaming:
+            out.print(f"[bold]{people[0].label}[/bold]:", highlight=False)
+        result = ask_question(obj.db, people, question, options=options, samples=samples,
+                              seed=seed, max_tokens=max_tokens, temperature=temperature,
+                              scoring=scoring, ordered=not unordered,
+                              on_piece=(lambda label, k, text: click.echo(text, nl=False))
+                              if streaming else None)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
         return

@@ -79,6 +79,34 @@ def base_option(help: str = "The base MODEL (default: the registry's base)."):
     return click.option("--base", help=help)
 
 
+def _check_name(ctx, param, value):
+    if "{community}" not in value:
+        raise click.BadParameter("the pattern must contain {community}, or every community "
+                                 "would ask the same model")
+    return value
+
+
+def aligned_server_options(f):
+    """--aligned-server URL and --aligned-name PATTERN: aligned models from a server."""
+    f = click.option("--aligned-name", default="{community}", show_default=True,
+                     callback=_check_name, metavar="PATTERN",
+                     help="The served name of a community's aligned model, e.g. "
+                     "'cci-{community}'; 'lora:{community}' picks llama-server's --lora "
+                     "adapter of the community per request.")(f)
+    return click.option("--aligned-server", metavar="URL",
+                        help="Ask each community's aligned model of this OpenAI-compatible "
+                        "server (cci-local serve, vLLM --enable-lora --lora-modules, "
+                        "llama-server --lora) instead of loading its adapter here.")(f)
+
+
+def parallel_option(what: str = "calls"):
+    return click.option("--parallel", type=click.IntRange(min=1), default=1,
+                        show_default=True,
+                        help=f"{what} at once to server respondents (--aligned-server, an "
+                        "openai-compatible base); a model in this process answers one at "
+                        "a time.")
+
+
 def communities_argument(required: bool = False):
     return click.argument("communities", nargs=-1, required=required)
 

@@ -9,7 +9,18 @@ import click
 from rich import box
 from rich.table import Table
 
-from .common import base_option, ci, fail, json_option, json_or_notes, out, seed_option, staged
+from .common import (
+    aligned_server_options,
+    base_option,
+    ci,
+    fail,
+    json_option,
+    json_or_notes,
+    out,
+    parallel_option,
+    seed_option,
+    staged,
+)
 
 
 @click.command(name="fidelity")
@@ -38,12 +49,14 @@ from .common import base_option, ci, fail, json_option, json_or_notes, out, seed
               help="A text file with the harm judge's rubric (default: disordered eating, "
                    "self-harm, harassment; see `cci_local/evaluate/judges.py`).")
 @click.option("--no-judges", is_flag=True, help="Leave out toxicity and harm.")
+@aligned_server_options
+@parallel_option("Answers generated")
 @seed_option
 @json_option("the figures")
 @click.pass_obj
 def fidelity_cmd(obj, community, base, samples, real, max_tokens, temperature, max_perplexity,
                  embedder, no_persona, no_base, judge, detoxify, detoxify_config, harm_rubric,
-                 no_judges, seed, as_json):
+                 no_judges, aligned_server, aligned_name, parallel, seed, as_json):
     """Compare COMMUNITY's aligned model's writing (and the base and persona-prompted
     base's) with the community's real documents: near-copies, duplicates and gibberish
     dropped first; identifiability, Frechet distance, real-vs-generated AUC, emotion
@@ -66,7 +79,8 @@ def fidelity_cmd(obj, community, base, samples, real, max_tokens, temperature, m
             judges.harm_rubric = _read_rubric(harm_rubric)
         result = staged("fidelity", "answers", lambda progress: run_fidelity(
             obj.db, name, base, options, persona=not no_persona, include_base=not no_base,
-            judges=judges, progress=progress))
+            judges=judges, progress=progress, aligned_server=aligned_server,
+            aligned_name=aligned_name, parallel=parallel))
     except ValueError as e:
         fail(str(e))
     if json_or_notes(result.as_dict(), result.notes, as_json):

@@ -9,6 +9,7 @@ from rich import box
 from rich.table import Table
 
 from .common import (
+    aligned_server_options,
     base_option,
     ci,
     communities_argument,
@@ -40,11 +41,12 @@ from .common import (
               show_default=True, help="How a choice item's options are scored (see survey).")
 @click.option("--no-persona", is_flag=True, help="Leave out the persona-prompted base.")
 @click.option("--no-base", is_flag=True, help="Leave out the base model.")
+@aligned_server_options
 @seed_option
 @json_option("the scores")
 @click.pass_obj
 def psychometrics_cmd(obj, communities, instrument, item_bank, repeats, prefixes, base, scoring,
-                      no_persona, no_base, seed, as_json):
+                      no_persona, no_base, aligned_server, aligned_name, seed, as_json):
     """Administer a psychometric instrument to each community's aligned model (and the
     base and persona-prompted base for contrast) and score them like human
     respondents: subscales, global score and flags, with bootstrap CIs, and the
@@ -60,7 +62,8 @@ def psychometrics_cmd(obj, communities, instrument, item_bank, repeats, prefixes
     base = default_model("base", base)
     result = staged("psychometrics", "items", lambda progress: run_psychometrics(
         obj.db, names, inst, base, persona=not no_persona, include_base=not no_base,
-        repeats=repeats, scoring=scoring, prefixes=prefixes, seed=seed, progress=progress))
+        repeats=repeats, scoring=scoring, prefixes=prefixes, seed=seed, progress=progress,
+        aligned_server=aligned_server, aligned_name=aligned_name))
     scores = result.scores
     measures = result.measures()
     pairs = result.compared()

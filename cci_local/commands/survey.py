@@ -8,6 +8,7 @@ from rich import box
 from rich.table import Table
 
 from .common import (
+    aligned_server_options,
     base_option,
     ci,
     communities_argument,
@@ -15,6 +16,7 @@ from .common import (
     json_option,
     json_or_notes,
     out,
+    parallel_option,
     staged,
 )
 
@@ -41,10 +43,13 @@ from .common import (
               help="How a question is put: must contain {question} and {options}.")
 @click.option("--samples", type=click.IntRange(min=1), default=10, show_default=True,
               help="Sampled answers per question where a backend has no log-probabilities.")
+@aligned_server_options
+@parallel_option("Questions")
 @json_option("the results")
 @click.pass_obj
 def survey_cmd(obj, communities, survey_file, base, split_by, scoring, no_persona, no_aligned,
-               persona_text, question_template, samples, as_json):
+               persona_text, question_template, samples, aligned_server, aligned_name,
+               parallel, as_json):
     """Administer a survey to the base model, the persona-prompted base and each
     community's aligned model: the held-out CommSurvey of COMMUNITIES (default: all),
     or with --survey a file of your own.  Answers are stored; a re-run asks nothing twice."""
@@ -71,7 +76,8 @@ def survey_cmd(obj, communities, survey_file, base, split_by, scoring, no_person
     result = staged("survey", "questions", lambda progress: run_survey(
         obj.db, names, base, split_by=split_by, survey_id=survey_id, persona=not no_persona,
         aligned=not no_aligned, persona_text=persona_text, template=template, scoring=scoring,
-        samples=samples, survey_file=survey_file, progress=progress))
+        samples=samples, survey_file=survey_file, progress=progress,
+        aligned_server=aligned_server, aligned_name=aligned_name, parallel=parallel))
     data = result.as_dict(names)
     if json_or_notes(data, result.notes, as_json):
         return

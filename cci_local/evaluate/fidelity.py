@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import sqlite_utils
 
-from ..llm import Backend, Sampling, chat, default_model
+from ..llm import Backend, Request, Sampling, chat_many, default_model
 from ..llm.base import count_call
 from ..respondents import PERSONA
 from ..store import save_result
@@ -140,31 +140,37 @@ def _open_run(db, community: str, base: str, options: FidelityOptions) -> int:
 
 
 def _generate(db, run_id: int, respondent: str, backend: Backend, instructions, system,
-              options: FidelityOptions, progress) -> list[dict]:
-    """The respondent's ``samples`` answers (stored; through the prompt cache)."""
+              options: FidelityOptions, progress, parallel: int = 1) -> list[dict]:
+    """The respondent's ``samples`` answers (stored; through the prompt cache); a
+    server respondent writes up to ``parallel`` at once."""
     have = {r[0]: r for r in db.execute(
         "SELECT idx, instruction_id, question, text FROM fidelity_texts WHERE run_id = ? AND"
         " model = ?", [run_id, respondent])}
-    out = []
-    for k in range(options.samples):
-        if k not in have:
-            iid, question = instructions[k % len(instructions)]
-            messages = ([{"role": "system", "content": system}] if system else []) + \
-                [{"role": "user", "content": question}]
-            reply = chat(db, backend, messages, sampling=Sampling(
-                max_tokens=options.max_tokens, temperature=options.temperature,
-                seed=options.seed + k))
-            db.execute("INSERT OR IGNORE INTO fidelity_texts (run_id, model, idx, instruction_id,"
-                       " question, text, call_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       [run_id, respondent, k, iid, question, reply.text.strip(),
-                        reply.call_id])
-            db.conn.commit()
-            have[k] = (k, iid, question, reply.text.strip())
-        out.append({"idx": k, "instruction_id": have[k][1], "question": have[k][2],
-                    "text": have[k][3]})
+    if progress and have:
+        progress("advance", len([k for k in have if k < options.samples]))
+    todo = [k for k in range(options.samples) if k not in have]
+    requests = []
+    for k in todo:
+        iid, question = instructions[k % len(instructions)]
+        messages = ([{"role": "system", "content": system}] if system else []) + \
+            [{"role": "user", "content": question}]
+        requests.append(Request(messages, None, Sampling(
+            max_tokens=options.max_tokens, temperature=options.temperature,
+            seed=options.seed + k)))
+    for j, reply in chat_many(db, backend, requests, parallel=parallel):
+        if isinstance(reply, Exception):
+            raise reply
+        k = todo[j]
+        iid, question = instructions[k % len(instructions)]
+        db.execute("INSERT OR IGNORE INTO fidelity_texts (run_id, model, idx, instruction_id,"
+                   " question, text, call_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   [run_id, respondent, k, iid, question, reply.text.strip(), reply.call_id])
+        db.conn.commit()
+        have[k] = (k, iid, question, reply.text.strip())
         if progress:
             progress("advance", 1)
-    return out
+    return [{"idx": k, "instruction_id": have[k][1], "question": have[k][2],
+             "text": have[k][3]} for k in range(options.samples)]
 
 
 def _perplexities(db, run_id, respondent, rows, scorer: Backend) -> list[float]:
@@ -228,7 +234,9 @@ def _judge(db, run_id: int, criterion: str, scorer: Scorer, sets, progress,
 def run_fidelity(db: sqlite_utils.Database, community: str, base: str | None = None,
                  options: FidelityOptions | None = None, *, communities: list[str] | None = None,
                  persona: bool = True, include_base: bool = True,
-                 judges: JudgeOptions | None = None, progress=None) -> FidelityResult:
+                 judges: JudgeOptions | None = None, progress=None,
+                 aligned_server: str | None = None, aligned_name: str = "{community}",
+                 parallel: int = 1) -> FidelityResult:
     """Generate, screen and score; ``communities``: whose real texts train the
     identifiability classifier (default: every community with documents)."""
     from ..embed import get_embedder
@@ -254,7 +262,8 @@ def run_fidelity(db: sqlite_utils.Database, community: str, base: str | None = N
     # The base model scores perplexity even when it is not a respondent.
     respondents = panel(db, [community], base, include_base=include_base, persona=persona,
                         persona_text=options.persona_text, order=("aligned", "base", "persona"),
-                        open_base=True)
+                        open_base=True, aligned_server=aligned_server,
+                        aligned_name=aligned_name)
     backend, plan = respondents.base, respondents.plan()
     notes += respondents.notes
     if progress:
@@ -262,7 +271,7 @@ def run_fidelity(db: sqlite_utils.Database, community: str, base: str | None = N
     try:
         clock = time.perf_counter()
         generated = {name: _generate(db, run_id, name, model, instructions, system, options,
-                                     progress) for name, model, system in plan}
+                                     progress, parallel) for name, model, system in plan}
         seconds = {"generate": time.perf_counter() - clock}
         clock = time.perf_counter()
         real = real_documents(db, community, options.real, options.seed,

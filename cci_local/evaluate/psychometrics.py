@@ -238,8 +238,9 @@ class PsychometricsResult:
 def run_psychometrics(db: sqlite_utils.Database, communities: list[str], inst: Instrument,
                       base: str | None = None, *, persona: bool = True, include_base: bool = True,
                       repeats: int = 1, scoring: str = "letter", persona_text: str = PERSONA,
-                      prefixes: int | None = None, seed: int = 0,
-                      progress=None) -> PsychometricsResult:
+                      prefixes: int | None = None, seed: int = 0, progress=None,
+                      aligned_server: str | None = None,
+                      aligned_name: str = "{community}") -> PsychometricsResult:
     """The psychometrics stage's entry: administer ``inst`` to each community's aligned
     model (and, for contrast, the base and the persona-prompted base), score each like
     a human respondent, and keep the scores for the report (``stage_results``).
@@ -250,7 +251,8 @@ def run_psychometrics(db: sqlite_utils.Database, communities: list[str], inst: I
         inst = inst.model_copy(update={"personas": inst.personas[:max(1, prefixes)]})
     base = default_model("base", base)
     respondents = panel(db, communities, base, include_base=include_base, persona=persona,
-                        persona_text=persona_text)
+                        persona_text=persona_text, aligned_server=aligned_server,
+                        aligned_name=aligned_name)
     notes, plan = respondents.notes, respondents.plan()
     if progress:
         progress("total", len(inst.items) * len(inst.personas) * len(plan))

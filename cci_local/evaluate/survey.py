@@ -19,7 +19,17 @@ from dataclasses import dataclass
 import sqlite_utils
 
 from ..errors import CciError
-from ..llm import Backend, NoLogprobs, Sampling, chat, default_model, option_logprobs
+from ..llm import (
+    Backend,
+    NoLogprobs,
+    Request,
+    Sampling,
+    chat,
+    chat_many,
+    default_model,
+    option_logprobs,
+    option_logprobs_many,
+)
 from ..respondents import PERSONA, labels
 from ..store import save_result
 from .items import Item
@@ -109,6 +119,52 @@ def ask(db: sqlite_utils.Database, backend: Backend, messages: list[dict],
     return Answer(_choice(distribution), distribution, "sampled")
 
 
+def ask_many(db: sqlite_utils.Database, backend: Backend,
+             questions: list[tuple[list[dict], dict[str, str]]], *, scoring: str = "letter",
+             samples: int = 10, seed: int = 0, parallel: int = 1):
+    """``ask`` for many (messages, options) at once, yielding (index, Answer) as each
+    is done: a server respondent gets up to ``parallel`` calls at a time."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, not {scoring!r}")
+    requests = [(m, list(o.values()) if scoring == "text" else list(o)) for m, o in questions]
+    sampled = []
+    for i, outcome in option_logprobs_many(db, backend, requests, parallel=parallel):
+        if isinstance(outcome, NoLogprobs):
+            sampled.append(i)
+            continue
+        if isinstance(outcome, Exception):
+            raise outcome
+        options = questions[i][1]
+        logprobs = ({k: outcome[v] for k, v in options.items()} if scoring == "text"
+                    else outcome)
+        distribution = normalise(logprobs)
+        yield i, Answer(_choice(distribution), distribution, "logprobs")
+    if not sampled:
+        return
+    # No log-probabilities: each question asked ``samples`` times for one letter.
+    chats, owner = [], []
+    for i in sampled:
+        letters = list(questions[i][1])
+        schema = {"type": "object", "properties": {"answer": {"type": "string",
+                                                             "enum": letters}},
+                  "required": ["answer"], "additionalProperties": False}
+        for k in range(samples):
+            chats.append(Request(questions[i][0], schema, Sampling(
+                max_tokens=16, temperature=1.0, seed=seed + k)))
+            owner.append(i)
+    counts = {i: dict.fromkeys(questions[i][1], 0) for i in sampled}
+    left = {i: samples for i in sampled}
+    for j, reply in chat_many(db, backend, chats, parallel=parallel):
+        if isinstance(reply, Exception):
+            raise reply
+        i = owner[j]
+        counts[i][reply.data["answer"]] += 1
+        left[i] -= 1
+        if left[i] == 0:
+            distribution = {k: v / samples for k, v in counts[i].items()}
+            yield i, Answer(_choice(distribution), distribution, "sampled")
+
+
 def commsurvey_items(db: sqlite_utils.Database, communities: list[str],
                      split_by: str = "random") -> list[Item]:
     """The held-out CommSurvey questions answered by any of ``communities``: the random
@@ -131,9 +187,11 @@ def commsurvey_items(db: sqlite_utils.Database, communities: list[str],
 
 def administer(db: sqlite_utils.Database, respondent: str, backend: Backend, items: list[Item],
                *, persona: str | None = None, template: str = QUESTION,
-               scoring: str = "letter", samples: int = 10, progress=None) -> dict[str, Answer]:
+               scoring: str = "letter", samples: int = 10, progress=None,
+               parallel: int = 1) -> dict[str, Answer]:
     """Ask ``backend`` every item (as ``respondent``); store and return the answers.
-    Items answered before by the same model with the same wording are read back."""
+    Items answered before by the same model with the same wording are read back.  A
+    server respondent is asked up to ``parallel`` items at once."""
     from ..llm.cache import identity
 
     ident = identity(db, backend)
@@ -141,25 +199,32 @@ def administer(db: sqlite_utils.Database, respondent: str, backend: Backend, ite
     done = {row[0]: Answer(row[1], json.loads(row[2]), row[3]) for row in db.execute(
         "SELECT item, chosen, distribution, method FROM survey_answers WHERE respondent = ?"
         " AND identity = ? AND wording = ?", [respondent, ident, wording])}
-    out = {}
-    for item in items:
-        if item.key in done:
-            out[item.key] = done[item.key]
-        else:
-            answer = ask(db, backend, question_messages(item.question, item.options,
-                                                        persona=persona, template=template),
-                         item.options, scoring=scoring, samples=samples)
-            db.execute("INSERT OR IGNORE INTO survey_answers (respondent, model, identity,"
-                       " wording, item, instruction_id, chosen, distribution, method,"
-                       " scoring, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       [respondent, backend.spec, ident, wording, item.key, item.instruction_id,
-                        answer.chosen, json.dumps(answer.distribution), answer.method,
-                        scoring, time.time()])
-            db.conn.commit()
-            out[item.key] = answer
+    keys = {it.key for it in items}
+    out = {key: answer for key, answer in done.items() if key in keys}
+    if progress and out:
+        progress(len(out))
+    todo = [item for item in items if item.key not in done]
+    questions = [(question_messages(item.question, item.options, persona=persona,
+                                    template=template), item.options) for item in todo]
+    if parallel > 1 and backend.concurrent:
+        answers = ask_many(db, backend, questions, scoring=scoring, samples=samples,
+                           parallel=parallel)
+    else:  # one at a time, each stored before the next is asked
+        answers = ((i, ask(db, backend, m, o, scoring=scoring, samples=samples))
+                   for i, (m, o) in enumerate(questions))
+    for i, answer in answers:
+        item = todo[i]
+        db.execute("INSERT OR IGNORE INTO survey_answers (respondent, model, identity,"
+                   " wording, item, instruction_id, chosen, distribution, method,"
+                   " scoring, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   [respondent, backend.spec, ident, wording, item.key, item.instruction_id,
+                    answer.chosen, json.dumps(answer.distribution), answer.method,
+                    scoring, time.time()])
+        db.conn.commit()
+        out[item.key] = answer
         if progress:
             progress(1)
-    return out
+    return {item.key: out[item.key] for item in items}
 
 
 # --------------------------------------------------------------------------- the stage
@@ -295,12 +360,15 @@ def run_survey(db: sqlite_utils.Database, communities: list[str], base: str | No
                split_by: str = "random", survey_id: str | None = None, persona: bool = True,
                aligned: bool = True, persona_text: str = PERSONA, template: str = QUESTION,
                scoring: str = "letter", samples: int = 10, survey_file: str | None = None,
-               progress=None) -> SurveyResult:
+               progress=None, aligned_server: str | None = None,
+               aligned_name: str = "{community}", parallel: int = 1) -> SurveyResult:
     """The survey stage's entry: administer a survey to the base model, the base with
     each community's persona, and each community's aligned model: the held-out
     CommSurvey of ``communities`` (``split_by``: random or topic), or the stored outside
     survey ``survey_id`` (loaded from ``survey_file``).  The figures are kept for the
-    report (``stage_results``) when there were questions to ask."""
+    report (``stage_results``) when there were questions to ask.  The aligned models
+    are the base with each adapter switched in, or with ``aligned_server`` that
+    server's models (``aligned_name``), asked ``parallel`` questions at once."""
     from ..respondents import panel
 
     check_wording(template, persona_text)
@@ -320,7 +388,8 @@ def run_survey(db: sqlite_utils.Database, communities: list[str], base: str | No
             "" if survey_id else ": run `cci-local generate` first"))
         return SurveyResult(source, items, {}, notes, scoring)
     respondents = panel(db, communities, base, persona=persona, aligned=aligned,
-                        persona_text=persona_text)
+                        persona_text=persona_text, aligned_server=aligned_server,
+                        aligned_name=aligned_name)
     notes += respondents.notes
     plan = respondents.plan()
     if progress:
@@ -330,7 +399,7 @@ def run_survey(db: sqlite_utils.Database, communities: list[str], base: str | No
         for respondent, model, system in plan:
             answers[respondent] = administer(
                 db, respondent, model, items, persona=system, template=template,
-                scoring=scoring, samples=samples,
+                scoring=scoring, samples=samples, parallel=parallel,
                 progress=(lambda n: progress("advance", n)) if progress else None)
     finally:
         respondents.close()

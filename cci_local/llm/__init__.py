@@ -19,6 +19,7 @@ from .cache import (
     chat_many,
     chat_stream,
     option_logprobs,
+    option_logprobs_many,
 )
 from .registry import UnknownModel, default_model, get_backend, load_registry
 
@@ -26,5 +27,5 @@ __all__ = [
     "USAGE", "Backend", "BackendError", "Completion", "InvalidOutput", "NoLogprobs", "Reply",
     "Request", "Sampling", "UnknownModel", "chat", "chat_many", "chat_stream", "default_model",
     "get_backend",
-    "load_registry", "option_logprobs",
+    "load_registry", "option_logprobs", "option_logprobs_many",
 ]

@@ -252,6 +252,56 @@ def _outcome(db, backend, ident, key, request, outcome, seconds) -> Reply | Exce
         return e
 
 
+def option_logprobs_many(db: sqlite_utils.Database, backend: Backend,
+                         requests: list[tuple[Messages, list[str]]], *, parallel: int = 1
+                         ) -> Iterator[tuple[int, dict[str, float] | Exception]]:
+    """option_logprobs for many (messages, options), yielding (index, log-probabilities
+    or the exception, NoLogprobs included) as each is done.  Cache hits come first; a
+    server backend gets up to ``parallel`` calls at once; the store is only touched
+    from the calling thread."""
+    ident = identity(db, backend)
+    todo = []
+    for i, (messages, options) in enumerate(requests):
+        payload = {"messages": messages, "options": list(options)}
+        key = _key(ident, "logprobs", payload)
+        if hit := _lookup(db, key):
+            yield i, {k: (-math.inf if v is None else v) for k, v in json.loads(hit[1]).items()}
+        else:
+            todo.append((i, key, payload))
+
+    def call(payload):
+        start = time.monotonic()
+        try:
+            return backend.option_logprobs(payload["messages"], payload["options"]), \
+                time.monotonic() - start
+        except BackendError as e:  # NoLogprobs too
+            return e, time.monotonic() - start
+
+    def finish(i, key, payload, outcome, seconds):
+        if isinstance(outcome, NoLogprobs):
+            return outcome  # a capability, not a failed call: nothing to log
+        count_call(backend)
+        if isinstance(outcome, BackendError):
+            _record(db, key=key, kind="logprobs", backend=backend, ident=ident,
+                    request=payload, response=None, status="error",
+                    error=f"{type(outcome).__name__}: {outcome}", seconds=seconds)
+            return outcome
+        stored = {k: (None if v == -math.inf else v) for k, v in outcome.items()}
+        _record(db, key=key, kind="logprobs", backend=backend, ident=ident, request=payload,
+                response=json.dumps(stored), status="ok", seconds=seconds)
+        return outcome
+
+    if parallel > 1 and backend.concurrent and len(todo) > 1:
+        with ThreadPoolExecutor(parallel, thread_name_prefix="cci-local-llm") as pool:
+            futures = {pool.submit(call, payload): (i, key, payload) for i, key, payload in todo}
+            for future in as_completed(futures):
+                i, key, payload = futures[future]
+                yield i, finish(i, key, payload, *future.result())
+    else:
+        for i, key, payload in todo:
+            yield i, finish(i, key, payload, *call(payload))
+
+
 def option_logprobs(db: sqlite_utils.Database, backend: Backend, messages: Messages,
                     options: list[str], *, use_cache: bool = True) -> dict[str, float]:
     """Log-probability of each option as the start of the reply, through the cache.

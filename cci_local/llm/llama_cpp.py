@@ -3,7 +3,14 @@
 The chat template is the one in the GGUF's metadata.  Option log-probabilities
 come from the model's logits after one forward pass over the prompt: llama-cpp-
 python's own ``logprobs`` would need ``logits_all=True``, which keeps n_ctx x
-vocabulary floats (4 GB for Llama 3 at 8k context)."""
+vocabulary floats (4 GB for Llama 3 at 8k context).
+
+One base, many adapters: every backend made with ``with_adapter`` shares its base's
+model and context (``LoadedModel``).  Each GGUF LoRA adapter is loaded once onto the
+model and the active one is switched per call with llama.cpp's adapter API
+(``llama_set_adapters_lora``), so five communities on an 8B base hold one copy of
+the base, not five.  The prefix cache (keys/values of the prompt evaluated last) is
+only reused under the adapter that computed it."""
 
 from __future__ import annotations
 
@@ -27,27 +34,28 @@ def _log_softmax(logits):
     return logits - (top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)))
 
 
-class LlamaCppBackend(Backend):
-    remote = False
-    concurrent = False  # one model in this process: calls take turns
+class LoadedModel:
+    """One llama.cpp model and context, shared by the base and every adapter on it.
 
-    def __init__(self, path: str | os.PathLike, *, spec: str | None = None, n_ctx: int = 4096,
-                 n_threads: int | None = None, n_gpu_layers: int = -1, n_batch: int = 512,
-                 lora_path: str | os.PathLike | None = None):
-        super().__init__()
-        self.path = Path(path).expanduser()
-        if not self.path.is_file():
-            raise BackendError(f"no GGUF file at {self.path}")
-        self.lora_path = Path(lora_path).expanduser() if lora_path else None
-        if self.lora_path and not self.lora_path.is_file():
-            raise BackendError(f"no GGUF LoRA adapter at {self.lora_path}")
-        self.spec = spec or f"gguf:{self.path}" + (f"+{self.lora_path}" if lora_path else "")
-        self.n_ctx, self.n_threads, self.n_gpu_layers = n_ctx, n_threads, n_gpu_layers
-        self.n_batch = n_batch
+    ``use(adapter)`` (under ``lock``) makes ``adapter`` (a GGUF LoRA path, or None for
+    the bare base) the active one and returns the ``Llama``.  An adapter is read from
+    its file the first time it is used and stays loaded until ``close``.  When the
+    active adapter changes, the cached prefix is dropped: keys/values computed under
+    adapter A must never be reused under B."""
+
+    def __init__(self, path: Path, *, n_ctx: int, n_threads: int | None, n_gpu_layers: int,
+                 n_batch: int, logits_all: bool = False):
+        self.path = path
+        # Logits kept at every position: what llama_cpp.server needs to return
+        # log-probabilities (serve); in-process calls read the last position only.
+        self.logits_all = logits_all
+        self.n_ctx, self.n_threads, self.n_gpu_layers, self.n_batch = \
+            n_ctx, n_threads, n_gpu_layers, n_batch
+        self.lock = threading.RLock()
         self._llm = None
-        self._lock = threading.Lock()
-
-    # -- loading ----------------------------------------------------------------------
+        self._adapters: dict[Path, object] = {}  # path -> llama_adapter_lora pointer
+        self._active: Path | None = None  # the adapter set on the context
+        self.switches = 0  # times the active adapter changed
 
     @property
     def llm(self):
@@ -62,10 +70,13 @@ class LlamaCppBackend(Backend):
             ensure()  # once per llama.cpp build and CPU: a refused instruction is a message
             gpu = llama_cpp.llama_supports_gpu_offload()
             try:
+                # No lora_path here: llama-cpp-python turns mmap off when it is given, so
+                # every aligned model would hold a private copy of the base.  Adapters
+                # are applied per call instead (use()), with mmap on.
                 llm = llama_cpp.Llama(
                     model_path=str(self.path), n_ctx=self.n_ctx, n_batch=self.n_batch,
                     n_threads=self.n_threads, n_gpu_layers=self.n_gpu_layers if gpu else 0,
-                    lora_path=str(self.lora_path) if self.lora_path else None, verbose=False)
+                    logits_all=self.logits_all, verbose=False)
             except ValueError as e:
                 raise BackendError(f"llama.cpp could not load {self.path}: {e}") from e
             if "tokenizer.chat_template" in llm.metadata:
@@ -73,6 +84,99 @@ class LlamaCppBackend(Backend):
             self._llm = llm
             USAGE["loads"] += 1
         return self._llm
+
+    def load_adapter(self, adapter: Path):
+        """The adapter's llama.cpp handle, read from its file once."""
+        if adapter not in self._adapters:
+            import llama_cpp
+
+            handle = llama_cpp.llama_adapter_lora_init(self.llm.model, str(adapter).encode())
+            if not handle:
+                raise BackendError(f"llama.cpp could not load the LoRA adapter {adapter} onto "
+                                   f"{self.path.name}: is it a GGUF LoRA trained on this base?")
+            self._adapters[adapter] = handle
+        return self._adapters[adapter]
+
+    def use(self, adapter: Path | None):
+        """Make ``adapter`` active (None: the bare base) and return the Llama.  Call
+        under ``lock``."""
+        import llama_cpp
+
+        llm = self.llm
+        if adapter != self._active:
+            if adapter is None:
+                status = llama_cpp.llama_set_adapters_lora(llm.ctx, None, 0, None)
+            else:
+                handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self.load_adapter(adapter))
+                scales = (ctypes.c_float * 1)(1.0)
+                status = llama_cpp.llama_set_adapters_lora(llm.ctx, handles, 1, scales)
+            if status != 0:
+                raise BackendError(f"llama.cpp could not switch to the adapter {adapter}")
+            llm.n_tokens = 0  # the cached prefix was computed under the other adapter
+            self._active = adapter
+            self.switches += 1
+        return llm
+
+    @property
+    def loaded_adapters(self) -> list[Path]:
+        return list(self._adapters)
+
+    def close(self) -> None:
+        if self._llm is not None:
+            import llama_cpp
+
+            with contextlib.suppress(Exception):
+                llama_cpp.llama_set_adapters_lora(self._llm.ctx, None, 0, None)
+            for handle in self._adapters.values():
+                with contextlib.suppress(Exception):
+                    llama_cpp.llama_adapter_lora_free(handle)
+            with contextlib.suppress(Exception):
+                self._llm.close()
+            self._llm = None
+        self._adapters, self._active = {}, None
+
+
+class LlamaCppBackend(Backend):
+    """A GGUF model in this process, bare or with one LoRA adapter.  Backends made
+    with ``with_adapter`` share this one's model and context (see LoadedModel)."""
+
+    remote = False
+    concurrent = False  # one model in this process: calls take turns
+
+    def __init__(self, path: str | os.PathLike, *, spec: str | None = None, n_ctx: int = 4096,
+                 n_threads: int | None = None, n_gpu_layers: int = -1, n_batch: int = 512,
+                 lora_path: str | os.PathLike | None = None, model: LoadedModel | None = None):
+        super().__init__()
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise BackendError(f"no GGUF file at {self.path}")
+        self.lora_path = Path(lora_path).expanduser().resolve() if lora_path else None
+        if self.lora_path and not self.lora_path.is_file():
+            raise BackendError(f"no GGUF LoRA adapter at {self.lora_path}")
+        self.spec = spec or f"gguf:{self.path}" + (f"+{self.lora_path}" if lora_path else "")
+        self.n_ctx, self.n_threads, self.n_gpu_layers = n_ctx, n_threads, n_gpu_layers
+        self.n_batch = n_batch
+        self._owner = model is None  # closes the model it made
+        self.model = model or LoadedModel(self.path, n_ctx=n_ctx, n_threads=n_threads,
+                                          n_gpu_layers=n_gpu_layers, n_batch=n_batch)
+        self._lock = self.model.lock
+
+    def with_adapter(self, lora_path: str | os.PathLike, *, spec: str | None = None
+                     ) -> LlamaCppBackend:
+        """This model with a LoRA adapter, sharing its weights and context: the adapter
+        is switched in for each of the new backend's calls."""
+        return LlamaCppBackend(self.path, spec=spec, n_ctx=self.n_ctx, n_threads=self.n_threads,
+                               n_gpu_layers=self.n_gpu_layers, n_batch=self.n_batch,
+                               lora_path=lora_path, model=self.model)
+
+    # -- loading ----------------------------------------------------------------------
+
+    @property
+    def llm(self):
+        """The Llama with this backend's adapter active (None: the bare base).  Calls
+        that evaluate hold ``_lock`` from here to their last read of the context."""
+        with self._lock:
+            return self.model.use(self.lora_path)
 
     def identity(self, file_hash: Callable[[Path], str]) -> str:
         adapter = f"+lora:sha256:{file_hash(self.lora_path)}" if self.lora_path else ""
@@ -84,7 +188,7 @@ class LlamaCppBackend(Backend):
         """The messages formatted with the GGUF's chat template, ready for the assistant."""
         from llama_cpp import llama_chat_format
 
-        llm = self.llm
+        llm = self.model.llm  # tokenizing needs no adapter: leave the active one as it is
         template = llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise BackendError(f"{self.path} has no chat template in its metadata")
@@ -158,7 +262,8 @@ class LlamaCppBackend(Backend):
         """Ways the reply can start with ``option``: as is, and after a space."""
         variants = []
         for text in (option, " " + option):
-            ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+            ids = self.model.llm.tokenize(text.encode("utf-8"), add_bos=False,
+                                          special=False)
             if ids and ids not in variants:
                 variants.append(ids)
         return variants
@@ -250,7 +355,7 @@ class LlamaCppBackend(Backend):
         return f"{self.spec} ({self.path.name})" if self.spec == "embedded" else self.spec
 
     def close(self) -> None:
-        if self._llm is not None:
-            with contextlib.suppress(Exception):
-                self._llm.close()
-            self._llm = None
+        """Close the model if this backend made it; one shared with a base is closed
+        by the base."""
+        if self._owner:
+            self.model.close()

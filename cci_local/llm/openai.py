@@ -45,8 +45,11 @@ class OpenAIBackend(Backend):
     concurrent = True
 
     def __init__(self, model: str, *, base_url: str | None = None, timeout: float = 600.0,
-                 max_retries: int = 6, context_length: int | None = None):
+                 max_retries: int = 6, context_length: int | None = None,
+                 extra_body: dict | None = None):
         super().__init__()
+        # Fields the server takes beyond OpenAI's (llama-server's per-request "lora").
+        self.extra_body = extra_body or {}
         # The API does not say how long a context the model has: the registry entry can.
         self.context_length = context_length
         import openai
@@ -98,12 +101,16 @@ class OpenAIBackend(Backend):
     # -- interface ------------------------------------------------------------------
 
     def identity(self, file_hash: Callable[[Path], str]) -> str:
-        return f"openai:{self.base_url}#{self.model}"
+        extra = json.dumps(self.extra_body, sort_keys=True) if self.extra_body else ""
+        return f"openai:{self.base_url}#{self.model}{extra}"
 
     def _params(self, sampling: Sampling) -> dict:
         tokens = "max_completion_tokens" if self.spec.startswith("openai:") else "max_tokens"
-        return {tokens: sampling.max_tokens, "temperature": sampling.temperature,
-                "seed": sampling.seed, "top_p": sampling.top_p}
+        params = {tokens: sampling.max_tokens, "temperature": sampling.temperature,
+                  "seed": sampling.seed, "top_p": sampling.top_p}
+        if self.extra_body:
+            params["extra_body"] = self.extra_body
+        return params
 
     def _formats(self, messages: Messages, schema: dict):
         for index in range(_schema_mode.get(self.base_url, 0), len(SCHEMA_MODES)):
@@ -177,3 +184,36 @@ class OpenAIBackend(Backend):
 
     def close(self) -> None:
         self._client.close()
+
+
+def llama_server_lora(url: str, community: str, timeout: float = 30.0) -> int:
+    """The number llama.cpp's llama-server gives ``community``'s adapter: the entry of
+    its ``GET /lora-adapters`` whose file is the community's (``adapters/NAME-HASH/
+    adapter.gguf`` as training writes it, or ``NAME.gguf``).  Asked per request with
+    ``"lora": [{"id": N, "scale": 1}]``; the adapters not named get scale 0."""
+    import urllib.error
+    import urllib.request
+
+    root = _strip_credentials(url).removesuffix("/v1")
+    request = urllib.request.Request(root + "/lora-adapters")
+    key = os.environ.get("CCI_LOCAL_API_KEY")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            listed = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise BackendError(f"cannot list the LoRA adapters of {root} (GET /lora-adapters, "
+                           f"llama-server's): {e}") from e
+
+    def owner(path: str) -> str:
+        p = Path(path)
+        return p.parent.name.rpartition("-")[0] if p.name == "adapter.gguf" else p.stem
+
+    found = [a["id"] for a in listed if owner(a.get("path", "")) == community]
+    if len(found) != 1:
+        paths = ", ".join(a.get("path", "?") for a in listed) or "none"
+        raise BackendError(f"{root} serves {'no' if not found else 'more than one'} adapter "
+                           f"for r/{community} (its adapters: {paths}); start llama-server "
+                           "with --lora PATH for each community's adapter.gguf")
+    return int(found[0])

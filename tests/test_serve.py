@@ -1,0 +1,170 @@
+"""Aligned models served to others, and asked from a server: `cci-local serve` (one
+base, adapters switched per request), llama_cpp.server's own multi-model config (what
+`serve --print` writes), and `survey`/`ask` with --aligned-server.  Real servers on
+127.0.0.1, real GGUF adapters (random low-rank weights written by the trainer's
+exporter, registered in the store as training registers them)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import cci
+from test_adapters import random_adapter
+
+from cci_local.llm.llama_cpp import embedded_model_path
+from cci_local.store import ensure_community, open_store
+from cci_local.train import base_identity, resolve_base
+
+COMMUNITIES = ["keto", "nutrition"]
+SURVEY = """question,options,r/keto,r/nutrition
+How often do you eat bread?,Never;Sometimes;Often;Always,A,C
+Is dietary fat good for you?,Yes;No;It depends,A,C
+Which of these is a fruit?,Car;Apple;Rock;Shoe,B,B
+How many meals do you eat a day?,One;Two;Three;More,B,C
+Do you count calories?,Yes;No,B,A
+Is sugar addictive?,Yes;No;Not sure,A,C
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def store_with_adapters(tmp_path: Path) -> Path:
+    """A store where r/keto and r/nutrition each have a finished adapter on the
+    embedded base, as `cci-local train` leaves them."""
+    path = tmp_path / "store.db"
+    db = open_store(path)
+    ident = base_identity(db, resolve_base("embedded"))
+    for k, c in enumerate(COMMUNITIES):
+        ensure_community(db, c)
+        folder = tmp_path / "adapters" / f"{c}-{k:010x}"
+        folder.mkdir(parents=True)
+        gguf = random_adapter(folder / "adapter.gguf", seed=10 + k)
+        db.execute("INSERT INTO adapters (key, community, base, base_identity, trainer,"
+                   " data_hash, examples, settings, status, path, gguf, created_at, finished_at)"
+                   " VALUES (?, ?, 'embedded', ?, 'peft', 'x', 8, ?, 'done', ?, ?, ?, ?)",
+                   [f"k{k}", c, ident, json.dumps({"rank": 8}), str(folder), str(gguf),
+                    time.time(), time.time()])
+    db.conn.commit()
+    db.close()
+    return path
+
+
+def start(args: list[str], url: str, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                            stderr=open(log, "wb"))  # noqa: SIM115
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url + "/models", timeout=2).read()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"{args[:4]} did not start: "
+                                   + log.read_text(errors="replace")[-2000:]) from None
+            time.sleep(0.3)
+
+
+def answers(store: Path, server: bool) -> dict[tuple[str, str], tuple[str, dict]]:
+    db = open_store(store)
+    rows = db.execute("SELECT respondent, item, chosen, distribution, model FROM survey_answers"
+                      " WHERE respondent LIKE 'aligned:%'").fetchall()
+    db.close()
+    return {(r, item): (chosen, json.loads(d)) for r, item, chosen, d, model in rows
+            if model.startswith("openai-compatible:") == server}
+
+
+def test_print_writes_llama_cpp_server_config_and_commands(tmp_path):
+    store = store_with_adapters(tmp_path)
+    config = tmp_path / "serve.json"
+    result = cci("serve", "r/keto", "r/nutrition", "--print", "--config", str(config),
+                 "--port", "8123", "--name", "cci-{community}", db=store)
+    data = json.loads(config.read_text())
+    aliases = {m["model_alias"]: m.get("lora_path") for m in data["models"]}
+    assert aliases["base"] is None and set(aliases) == {"base", "cci-keto", "cci-nutrition"}
+    assert aliases["cci-keto"].endswith("keto-0000000000/adapter.gguf")
+    assert all(m["model"] == str(embedded_model_path()) for m in data["models"])
+    text = result.stdout
+    assert "-m llama_cpp.server --config_file" in text
+    assert text.count("--lora ") == 2 and "--lora-init-without-apply" in text
+    assert "--aligned-server http://127.0.0.1:8123/v1 --aligned-name 'cci-{community}'" in text
+    # a community with no adapter is named, with the command to run
+    db = open_store(store)
+    ensure_community(db, "paleo")
+    db.conn.commit()
+    db.close()
+    bad = cci("serve", "r/paleo", "--print", db=store, check=False)
+    assert bad.returncode != 0 and "r/paleo has no adapter on embedded" in bad.stderr
+    assert "cci-local train r/paleo" in bad.stderr
+
+
+@pytest.mark.slow
+def test_served_aligned_models_answer_as_the_in_process_switched_path(tmp_path):
+    """The survey asked of the aligned models three ways gives the same answers: in
+    process (one base, adapters switched), through llama_cpp.server's own config (a
+    Llama per model name, swapped on demand) and through `cci-local serve`."""
+    store = store_with_adapters(tmp_path)
+    survey = tmp_path / "survey.csv"
+    survey.write_text(SURVEY)
+    cci("survey", "r/keto", "r/nutrition", "--survey", str(survey), "--no-persona", db=store)
+    local = answers(store, server=False)
+    assert len(local) == 12
+
+    # 1. llama_cpp.server with the config `serve --print` writes
+    port = free_port()
+    config = tmp_path / "serve.json"
+    cci("serve", "r/keto", "r/nutrition", "--print", "--config", str(config), "--port",
+        str(port), db=store)
+    url = f"http://127.0.0.1:{port}/v1"
+    proc = start([sys.executable, "-m", "llama_cpp.server", "--config_file", str(config)], url,
+                 tmp_path / "llama_cpp_server.log")
+    try:
+        cci("survey", "r/keto", "r/nutrition", "--survey", str(survey), "--no-persona",
+            "--aligned-server", url, db=store)
+        swapped = answers(store, server=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert swapped.keys() == local.keys()
+    for key, (chosen, dist) in local.items():
+        assert swapped[key][0] == chosen, key
+        assert max(abs(swapped[key][1][k] - dist[k]) for k in dist) < 1e-2
+
+    # 2. cci-local serve: one base, switched per request, asked two questions at once
+    db = open_store(store)
+    db.execute("DELETE FROM survey_answers WHERE model LIKE 'openai-compatible:%'")
+    db.execute("DELETE FROM llm_calls WHERE model LIKE 'openai-compatible:%'")
+    db.conn.commit()
+    db.close()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    proc = start([sys.executable, "-m", "cci_local", "--db", str(store), "serve", "r/keto",
+                  "r/nutrition", "--port", str(port), "--name", "cci-{community}"], url,
+                 tmp_path / "serve.log")
+    try:
+        models = json.loads(urllib.request.urlopen(url + "/models").read())["data"]
+        assert {m["id"] for m in models} == {"base", "cci-keto", "cci-nutrition"}
+        cci("survey", "r/keto", "r/nutrition", "--survey", str(survey), "--no-persona",
+            "--aligned-server", url, "--aligned-name", "cci-{community}", "--parallel", "2",
+            db=store)
+        switched = answers(store, server=True)
+        wrong = cci("ask", "Hi?", "r/keto", "--aligned-server", url, db=store, check=False)
+        assert wrong.returncode == 2 and "has no model 'keto'" in wrong.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert switched.keys() == local.keys()
+    for key, (chosen, dist) in local.items():
+        assert switched[key][0] == chosen, key
+        assert max(abs(switched[key][1][k] - dist[k]) for k in dist) < 1e-2
