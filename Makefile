@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_survey.py
 	$(BIN)/python benchmarks/bench_fidelity.py
+	$(BIN)/python benchmarks/bench_adapters.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -276,7 +276,9 @@ def _count(path, sql, args=()):
 def test_embedded_teacher_end_to_end_with_kill_and_resume(tmp_path):
     db = tmp_path / "g.db"
     cci("ingest", str(CORPUS_2022), db=db)
-    cci("topics", "--embedder", "tfidf", "--reducer", "pca", "--topics", "12", db=db)
+    cci("topics", "--embedder", "tfidf", "--reducer", "pca", "--topics", "12",
+        # chunks of 4-8 documents: the prompts stay short (the teacher reads every one)
+        "--chunk-docs", "4", "8", db=db)
     args = [sys.executable, "-m", "cci_local", "--db", str(db), "generate", "--max-rows", "2"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 400

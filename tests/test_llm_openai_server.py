@@ -126,7 +126,9 @@ def test_generate_with_a_server_teacher_in_parallel(tmp_path, server):
     db = tmp_path / "s.db"
     env = {"CCI_LOCAL_API_KEY": SECRET}
     cci("ingest", str(CORPUS_2022), db=db)
-    cci("topics", "--embedder", "tfidf", "--reducer", "pca", "--topics", "8", db=db)
+    cci("topics", "--embedder", "tfidf", "--reducer", "pca", "--topics", "8",
+        # chunks of 4-8 documents: the prompts stay short (the teacher reads every one)
+        "--chunk-docs", "4", "8", db=db)
     args = ("generate", "--teacher", f"openai-compatible:{server}#smollm2", "--parallel", "2",
             "--max-rows", "2", "--open", "1", "--choice", "1", "--attempts", "2",
             "--context", "4096")

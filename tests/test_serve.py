@@ -168,3 +168,96 @@ def test_served_aligned_models_answer_as_the_in_process_switched_path(tmp_path):
     for key, (chosen, dist) in local.items():
         assert switched[key][0] == chosen, key
         assert max(abs(switched[key][1][k] - dist[k]) for k in dist) < 1e-2
+
+
+class LlamaServerStandIn:
+    """llama.cpp's llama-server cannot be installed here (no binary on PyPI): a stand-in
+    on loopback speaking the part of its protocol --aligned-name lora:{community} uses,
+    as its README documents it: GET /lora-adapters lists [{id, path, scale}], and a
+    chat request's "lora" field [{id, scale}] picks the adapters (the rest get 0)."""
+
+    def __init__(self, paths: list[str]):
+        import http.server
+        import threading
+
+        self.requests: list[dict] = []
+        stand_in = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _json(self, data):
+                body = json.dumps(data).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path == "/lora-adapters":
+                    self._json([{"id": i, "path": p, "scale": 0.0}
+                                for i, p in enumerate(paths)])
+                else:
+                    self._json({"object": "list", "data": [{"id": "base", "object": "model"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stand_in.requests.append(body)
+                chosen = [a["id"] for a in body.get("lora", []) if a["scale"]]
+                if body.get("stream"):  # server-sent events, as llama-server streams
+                    chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0,
+                             "model": body["model"], "choices": [{
+                                 "index": 0, "finish_reason": None,
+                                 "delta": {"role": "assistant", "content": f"adapter {chosen}"}}]}
+                    data = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                self._json({"id": "x", "object": "chat.completion", "created": 0,
+                            "model": body["model"], "choices": [{
+                                "index": 0, "finish_reason": "stop", "message": {
+                                    "role": "assistant", "content": f"adapter {chosen}"}}],
+                            "usage": {"prompt_tokens": 5, "completion_tokens": 2,
+                                      "total_tokens": 7}})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_llama_server_adapters_are_picked_per_request_by_community(tmp_path):
+    store = store_with_adapters(tmp_path)
+    db = open_store(store)
+    paths = [row[0] for row in db.execute("SELECT gguf FROM adapters ORDER BY community DESC")]
+    db.close()
+    stand_in = LlamaServerStandIn(paths)  # nutrition's adapter is number 0, keto's 1
+    try:
+        result = cci("ask", "What do you eat?", "r/keto", "r/nutrition", "--aligned-server",
+                     stand_in.url, "--aligned-name", "lora:{community}", "--json", db=store)
+        answers = json.loads(result.stdout)["answers"]
+        assert answers == {"aligned:keto": ["adapter [1]"], "aligned:nutrition": ["adapter [0]"]}
+        assert [r["lora"] for r in stand_in.requests] == [[{"id": 1, "scale": 1.0}],
+                                                          [{"id": 0, "scale": 1.0}]]
+        # asked again: the prompt cache answers, keyed by the adapter number too
+        cci("ask", "What do you eat?", "r/keto", "--aligned-server", stand_in.url,
+            "--aligned-name", "lora:{community}", db=store)
+        assert len(stand_in.requests) == 2
+        # a community whose adapter the server does not have is named, with the fix
+        db = open_store(store)
+        ensure_community(db, "paleo")
+        db.conn.commit()
+        db.close()
+        bad = cci("ask", "Hi?", "r/paleo", "--aligned-server", stand_in.url, "--aligned-name",
+                  "lora:{community}", db=store, check=False)
+        assert bad.returncode != 0
+        assert "serves no adapter for r/paleo" in bad.stderr and "--lora" in bad.stderr
+    finally:
+        stand_in.close()

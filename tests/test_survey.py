@@ -140,3 +140,38 @@ def test_survey_command_tables_and_notes(tmp_path):
     assert db.execute("SELECT count(*) FROM survey_answers").fetchone()[0] == 15
     unseen = cci("survey", "--split", "topic", db=path)
     assert "no questions in the held-out CommSurvey (topic split)" in unseen.stdout
+
+
+def test_parallel_asks_a_server_respondent_many_questions_at_once(db, scripted):
+    """--parallel: a concurrent (server) respondent gets several questions at a time;
+    the answers are those asked one at a time, stored once, and a re-run asks nothing."""
+    import json as _json
+
+    from cci_local.evaluate.survey import Item, administer
+
+    def script(n, messages, schema):  # answers by the question's number, whatever the order
+        number = int(messages[-1]["content"].split("question ")[1].split(":")[0])
+        return {"answer": "ABCD"[number % 4]}
+
+    items = [Item(f"q:{i}", f"This is question {i}: pick one", {"A": "w", "B": "x", "C": "y",
+                                                               "D": "z"}, {"c": "A"})
+             for i in range(12)]
+    parallel = scripted(script, concurrent=True, delay=0.05)
+    answers = administer(db, "aligned:c", parallel, items, samples=2, parallel=4)
+    assert parallel.max_active > 1
+    assert [answers[it.key].chosen for it in items] == ["ABCD"[i % 4] for i in range(12)]
+    assert all(a.method == "sampled" for a in answers.values())
+    calls = len(parallel.requests)
+    assert calls == 24
+    again = administer(db, "aligned:c", parallel, items, samples=2, parallel=4)
+    assert len(parallel.requests) == calls and again == answers
+    stored = db.execute("SELECT item, chosen, distribution FROM survey_answers").fetchall()
+    assert len(stored) == 12
+    assert all(_json.loads(d)[c] == 1.0 for _, c, d in stored)
+    # the same respondent asked one at a time in another store gives the same answers
+    from cci_local.store import open_store
+
+    other = open_store(db.conn.execute("PRAGMA database_list").fetchone()[2] + "-seq.db")
+    sequential = scripted(script, concurrent=True)
+    assert administer(other, "aligned:c", sequential, items, samples=2) == answers
+    assert sequential.max_active == 1
