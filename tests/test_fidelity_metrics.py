@@ -151,3 +151,28 @@ def test_fast_f1_and_auc_equal_scikit_learn():
     scores = np.round(rng.random(20), 1)  # ties
     assert auc_score(y, scores) == pytest.approx(roc_auc_score(y, scores))
     assert auc_score(np.ones(5), scores[:5]) == 0.5
+
+
+def test_fidelity_answers_from_a_server_respondent_in_parallel(db, scripted):
+    """--parallel: a server respondent writes several answers at once; each lands under
+    its own index with its own seed, and a re-run asks nothing."""
+    import time as _time
+
+    from cci_local.evaluate.fidelity import FidelityOptions, _generate
+
+    db.execute("INSERT INTO fidelity_runs (key, community, base, settings, created_at)"
+               " VALUES ('k', 'keto', 'embedded', '{}', ?)", [_time.time()])
+    run_id = db.execute("SELECT id FROM fidelity_runs").fetchone()[0]
+    instructions = [(None, f"Question {i}?") for i in range(3)]
+    backend = scripted(lambda n, messages, schema: "about " + messages[-1]["content"],
+                       concurrent=True, delay=0.05)
+    options = FidelityOptions(samples=9)
+    rows = _generate(db, run_id, "aligned:keto", backend, instructions, None, options, None,
+                     parallel=4)
+    assert backend.max_active > 1
+    assert [r["idx"] for r in rows] == list(range(9))
+    assert [r["text"] for r in rows] == [f"about Question {k % 3}?" for k in range(9)]
+    assert len(backend.requests) == 9  # one call per index: the seeds differ
+    again = _generate(db, run_id, "aligned:keto", backend, instructions, None, options, None,
+                      parallel=4)
+    assert again == rows and len(backend.requests) == 9
