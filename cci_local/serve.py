@@ -201,14 +201,11 @@ def make_app(base: Path, models: list[Served], *, n_ctx: int = 4096,
     import llama_cpp.server.app as server_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
-    from .llm.llama_cpp import LlamaCppBackend, LoadedModel
+    from .llm.llama_cpp import LlamaCppBackend
 
     # Logits at every position, as llama_cpp.server keeps them: its log-probabilities
     # (the survey's option scores) need them.
-    model = LoadedModel(base, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=-1, n_batch=512,
-                        logits_all=True)
-    backend = LlamaCppBackend(base, n_ctx=n_ctx, n_threads=n_threads, model=model)
-    backend._owner = True  # the proxy's free() closes it
+    backend = LlamaCppBackend(base, n_ctx=n_ctx, n_threads=n_threads, logits_all=True)
     proxy = SwitchingProxy(backend, {BASE_NAME: None, **{m.name: m.adapter for m in models}})
     # create_app builds its proxy from the model settings (set_llama_proxy): ours
     # replaces it, so the server never loads a second copy of the base.

@@ -145,7 +145,8 @@ class LlamaCppBackend(Backend):
 
     def __init__(self, path: str | os.PathLike, *, spec: str | None = None, n_ctx: int = 4096,
                  n_threads: int | None = None, n_gpu_layers: int = -1, n_batch: int = 512,
-                 lora_path: str | os.PathLike | None = None, model: LoadedModel | None = None):
+                 lora_path: str | os.PathLike | None = None, model: LoadedModel | None = None,
+                 logits_all: bool = False):
         super().__init__()
         self.path = Path(path).expanduser()
         if not self.path.is_file():
@@ -158,7 +159,8 @@ class LlamaCppBackend(Backend):
         self.n_batch = n_batch
         self._owner = model is None  # closes the model it made
         self.model = model or LoadedModel(self.path, n_ctx=n_ctx, n_threads=n_threads,
-                                          n_gpu_layers=n_gpu_layers, n_batch=n_batch)
+                                          n_gpu_layers=n_gpu_layers, n_batch=n_batch,
+                                          logits_all=logits_all)
         self._lock = self.model.lock
 
     def with_adapter(self, lora_path: str | os.PathLike, *, spec: str | None = None
