@@ -264,8 +264,12 @@ def _survey(doc: Doc, db, names: list[str], plots: bool) -> None:
               f" (base model {r['settings'].get('base')}).")
         for note in res.get("notes", []):
             doc.p(f"Note: {note}")
+        # A survey of more communities than the report covers: only the report's keys.
+        keys = {c: v for c, v in res["communities"].items() if c in names}
+        res = {**res, "communities": keys,
+               "verdict": [e for e in res.get("verdict", []) if e.get("community") in keys]}
         rows = []
-        for c, v in res["communities"].items():
+        for c, v in keys.items():
             for respondent, cells in v["respondents"].items():
                 rows.append([f"r/{c}", respondent, _ci(cells["accuracy"]),
                              _ci(cells["discriminating"]), _ci(cells["representativeness"]),

@@ -58,3 +58,30 @@ def test_simbench_score():
     assert simbench_score([[0.25] * 4], human).value == pytest.approx(0)
     assert simbench_score([[0, 1, 0, 0]], human).value < 0  # worse than uniform
     assert simbench_score([[0.25] * 4], [[0.25] * 4]).n == 0  # uniform humans: no room
+
+
+def test_the_report_shows_only_the_communities_it_covers(tmp_path):
+    """A survey of r/keto and r/nutrition, reported for r/keto alone: r/keto's answer key
+    and verdict, not r/nutrition's."""
+    from cci_local.report import write_report
+    from cci_local.store import ensure_community, open_store, save_result
+
+    db = open_store(tmp_path / "s.db")
+    for c in ("keto", "nutrition"):
+        ensure_community(db, c)
+    est = {"value": 0.5, "low": 0.3, "high": 0.7, "n": 10}
+    key = {"questions": 10, "respondents": {"base": {
+        "accuracy": est, "discriminating": est, "representativeness": None}},
+        "majority_letter": est, "random": 0.25}
+    save_result(db, "survey", ["keto", "nutrition"], {"base": "embedded"}, {
+        "source": "survey s", "scoring": "letter", "items": 10, "notes": [],
+        "communities": {"keto": key, "nutrition": key},
+        "verdict": [{"community": c, "questions": 10, "lines": [f"r/{c}: nothing beats chance"]}
+                    for c in ("keto", "nutrition")]})
+    path = tmp_path / "report.md"
+    write_report(db, path, "md", communities=["keto"])
+    text = path.read_text()
+    assert "r/keto: nothing beats chance" in text and "| r/keto | base |" in text
+    assert "r/nutrition" not in text
+    write_report(db, path, "md")
+    assert "r/nutrition: nothing beats chance" in path.read_text()
