@@ -70,27 +70,38 @@ def labels(community: str) -> list[str]:
     return ["base", f"persona:{community}", f"aligned:{community}"]
 
 
+def newest_adapter(db: sqlite_utils.Database, community: str, resolved) -> dict | None:
+    """The community's newest finished adapter trained on the base ``resolved``
+    (train.resolve_base): its row (gguf, path, settings), or None."""
+    from .train import base_identity
+
+    row = db.execute("SELECT gguf, path, settings FROM adapters WHERE community = ? AND"
+                     " status = 'done' AND base_identity = ? ORDER BY id DESC LIMIT 1",
+                     [community, base_identity(db, resolved)]).fetchone()
+    if row is None or not row[0]:
+        return None
+    return dict(zip(("gguf", "path", "settings"), row, strict=True))
+
+
 def aligned_backend(db: sqlite_utils.Database, community: str, base: str,
                     shared: Backend | None = None):
     """base + the community's newest finished adapter trained on that base, or None.
     With ``shared`` (the base's backend, open or not), the aligned model is that model
     with the adapter switched in per call: one copy of the base for every community."""
     from .llm.llama_cpp import LlamaCppBackend
-    from .train import base_identity, resolve_base
+    from .train import resolve_base
 
     resolved = resolve_base(base)
     if resolved.gguf is None:
         return None
-    row = db.execute("SELECT gguf FROM adapters WHERE community = ? AND status = 'done' AND"
-                     " base_identity = ? ORDER BY id DESC LIMIT 1",
-                     [community, base_identity(db, resolved)]).fetchone()
-    if row is None or not row[0]:
+    adapter = newest_adapter(db, community, resolved)
+    if adapter is None:
         return None
     spec = f"{base}+adapter:{community}"
     if isinstance(shared, LlamaCppBackend) and shared.path.resolve() == Path(
             resolved.gguf).expanduser().resolve():
-        return shared.with_adapter(row[0], spec=spec)
-    return LlamaCppBackend(resolved.gguf, spec=spec, lora_path=row[0])
+        return shared.with_adapter(adapter["gguf"], spec=spec)
+    return LlamaCppBackend(resolved.gguf, spec=spec, lora_path=adapter["gguf"])
 
 
 def server_aligned(url: str, pattern: str, community: str) -> Respondent:

@@ -12,7 +12,8 @@ config file (one entry per community, ``model_alias`` and ``lora_path``), llama.
 ``llama-server`` (``--lora`` per community, chosen per request) and vLLM
 (``--enable-lora --lora-modules NAME=PEFT_FOLDER``).
 
-    with served_models(db, ["keto", "nutrition"], "embedded") as models: ...
+    base_gguf, models = served_models(db, ["keto", "nutrition"], "embedded")
+    app, proxy = make_app(base_gguf, models)    # then uvicorn.run(app, ...)
 """
 
 from __future__ import annotations
@@ -43,22 +44,20 @@ def served_models(db: sqlite_utils.Database, communities: list[str], base: str,
                   pattern: str = "{community}") -> tuple[Path, list[Served]]:
     """The base GGUF and, per community, its newest adapter on ``base`` under the name
     ``pattern`` gives.  NoAdapter names the command to run for a community without one."""
-    from .respondents import check_adapters_load
-    from .train import base_identity, resolve_base
+    from .respondents import check_adapters_load, newest_adapter
+    from .train import resolve_base
 
     check_adapters_load(db, base)
     resolved = resolve_base(base)
     out = []
     for c in communities:
-        row = db.execute("SELECT gguf, path, settings FROM adapters WHERE community = ? AND"
-                         " status = 'done' AND base_identity = ? ORDER BY id DESC LIMIT 1",
-                         [c, base_identity(db, resolved)]).fetchone()
-        if row is None or not row[0]:
+        adapter = newest_adapter(db, c, resolved)
+        if adapter is None:
             raise NoAdapter(f"r/{c} has no adapter on {base}: train it with `cci-local train "
                             f"r/{c}`, or leave r/{c} out")
-        peft = Path(row[1]) / "peft"
-        rank = json.loads(row[2] or "{}").get("rank")
-        out.append(Served(c, pattern.replace("{community}", c), Path(row[0]),
+        peft = Path(adapter["path"]) / "peft"
+        rank = json.loads(adapter["settings"] or "{}").get("rank")
+        out.append(Served(c, pattern.replace("{community}", c), Path(adapter["gguf"]),
                           peft if (peft / "adapter_config.json").is_file() else None, rank))
     names = [s.name for s in out]
     if len(set(names)) < len(names) or BASE_NAME in names:
@@ -80,8 +79,8 @@ def llama_cpp_config(base: Path, models: list[Served], *, host: str, port: int,
     return {"host": host, "port": port, "models": entries}
 
 
-def commands(base: Path, models: list[Served], *, base_name: str, host: str, port: int,
-             config_path: Path, n_ctx: int) -> list[tuple[str, str]]:
+def commands(base: Path, models: list[Served], *, base_name: str, pattern: str, host: str,
+             port: int, config_path: Path, n_ctx: int) -> list[tuple[str, str]]:
     """(title, shell text) for each way to serve ``models``, and the client side."""
     q = shlex.quote
     url = f"http://{host}:{port}/v1"
@@ -105,7 +104,6 @@ def commands(base: Path, models: list[Served], *, base_name: str, host: str, por
                     " ".join(["vllm serve HF_CHECKPOINT_OF_THE_BASE", "--enable-lora",
                               f"--max-lora-rank {rank}", "--lora-modules",
                               *[f"{q(m.name)}={q(str(m.peft))}" for m in peft]])))
-    pattern = _pattern(models)
     out.append(("then, from any machine that reaches it",
                 f"cci-local survey {communities} --aligned-server {url} --aligned-name "
                 f"{q(pattern)}\n  (models served: {', '.join(names)}; with llama-server: "
@@ -113,12 +111,11 @@ def commands(base: Path, models: list[Served], *, base_name: str, host: str, por
     return out
 
 
-def _pattern(models: list[Served]) -> str:
-    first = models[0]
-    return first.name.replace(first.community, "{community}", 1)
-
-
 # --------------------------------------------------------------------------- serving
+
+
+def unknown_model(name, names) -> str:
+    return f"no model {name!r} here: this server has {', '.join(names)}"
 
 
 class SwitchingProxy:
@@ -136,8 +133,7 @@ class SwitchingProxy:
         from fastapi import HTTPException
 
         if model not in self.adapters:
-            raise HTTPException(status_code=404, detail=f"no model {model!r} here: this "
-                                f"server has {', '.join(self.adapters)}")
+            raise HTTPException(status_code=404, detail=unknown_model(model, self.adapters))
         with self.backend.model.lock:
             return self.backend.model.use(self.adapters[model])
 
@@ -175,8 +171,7 @@ class KnownModels:
         except (ValueError, AttributeError):
             name = ""  # not JSON: the route's own validation answers
         if name != "" and name not in self.names:
-            detail = json.dumps({"detail": f"no model {name!r} here: this server has "
-                                 f"{', '.join(self.names)}"}).encode()
+            detail = json.dumps({"detail": unknown_model(name, self.names)}).encode()
             await send({"type": "http.response.start", "status": 404,
                         "headers": [(b"content-type", b"application/json")]})
             await send({"type": "http.response.body", "body": detail})

@@ -6,9 +6,12 @@ import csv
 import io
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -105,6 +108,30 @@ def cci(*args, db, env: dict | None = None, input: str | None = None, check: boo
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: list[str], url: str, log: Path) -> subprocess.Popen:
+    """Start an OpenAI-compatible server (a command line) and wait until ``url``/models
+    answers.  It logs a lot: to ``log``, not a pipe nobody reads (it would block)."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                            stderr=open(log, "wb"))  # noqa: SIM115
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url + "/models", timeout=2).read()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"{' '.join(args[:4])} did not start: "
+                                   + log.read_text(errors="replace")[-2000:]) from None
+            time.sleep(0.3)
 
 
 @pytest.fixture

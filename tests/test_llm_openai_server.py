@@ -6,15 +6,11 @@ from __future__ import annotations
 import math
 import os
 import re
-import socket
 import sqlite3
-import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
-from conftest import CORPUS_2022, all_text, cci
+from conftest import CORPUS_2022, all_text, cci, free_port, start_server
 
 from cci_local.llm import BackendError, Sampling, chat, get_backend, option_logprobs
 from cci_local.llm import openai as openai_backend
@@ -23,33 +19,14 @@ from cci_local.llm.llama_cpp import embedded_model_path
 SECRET = "sk-test-5f2e9a7c1b3d4e6f8a0b2c4d"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = free_port()
-    log = tmp_path_factory.mktemp("server") / "llama_cpp_server.log"
-    # The server logs a lot: to a file, not a pipe nobody reads (it would block).
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path()),
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"],
-        stdout=subprocess.DEVNULL, stderr=open(log, "wb"))  # noqa: SIM115
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url + "/models", timeout=2).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("llama_cpp.server did not start: "
-                                   + log.read_text(errors="replace")[-2000:]) from None
-            time.sleep(0.3)
+    proc = start_server(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path()),
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"], url,
+        tmp_path_factory.mktemp("server") / "llama_cpp_server.log")
     yield url
     proc.terminate()
     proc.wait(timeout=30)

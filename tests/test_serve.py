@@ -7,15 +7,13 @@ exporter, registered in the store as training registers them)."""
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import cci
+from conftest import cci, free_port, start_server
 from test_adapters import random_adapter
 
 from cci_local.llm.llama_cpp import embedded_model_path
@@ -31,12 +29,6 @@ How many meals do you eat a day?,One;Two;Three;More,B,C
 Do you count calories?,Yes;No,B,A
 Is sugar addictive?,Yes;No;Not sure,A,C
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def store_with_adapters(tmp_path: Path) -> Path:
@@ -60,22 +52,6 @@ def store_with_adapters(tmp_path: Path) -> Path:
     return path
 
 
-def start(args: list[str], url: str, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
-                            stderr=open(log, "wb"))  # noqa: SIM115
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url + "/models", timeout=2).read()
-            return proc
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"{args[:4]} did not start: "
-                                   + log.read_text(errors="replace")[-2000:]) from None
-            time.sleep(0.3)
-
-
 def answers(store: Path, server: bool) -> dict[tuple[str, str], tuple[str, dict]]:
     db = open_store(store)
     rows = db.execute("SELECT respondent, item, chosen, distribution, model FROM survey_answers"
@@ -83,6 +59,14 @@ def answers(store: Path, server: bool) -> dict[tuple[str, str], tuple[str, dict]
     db.close()
     return {(r, item): (chosen, json.loads(d)) for r, item, chosen, d, model in rows
             if model.startswith("openai-compatible:") == server}
+
+
+def assert_same_answers(served: dict, local: dict) -> None:
+    """The same letter for every question, the distributions within 1e-2."""
+    assert served.keys() == local.keys()
+    for key, (chosen, dist) in local.items():
+        assert served[key][0] == chosen, key
+        assert max(abs(served[key][1][k] - dist[k]) for k in dist) < 1e-2
 
 
 def test_print_writes_llama_cpp_server_config_and_commands(tmp_path):
@@ -127,8 +111,8 @@ def test_served_aligned_models_answer_as_the_in_process_switched_path(tmp_path):
     cci("serve", "r/keto", "r/nutrition", "--print", "--config", str(config), "--port",
         str(port), db=store)
     url = f"http://127.0.0.1:{port}/v1"
-    proc = start([sys.executable, "-m", "llama_cpp.server", "--config_file", str(config)], url,
-                 tmp_path / "llama_cpp_server.log")
+    proc = start_server([sys.executable, "-m", "llama_cpp.server", "--config_file",
+                         str(config)], url, tmp_path / "llama_cpp_server.log")
     try:
         cci("survey", "r/keto", "r/nutrition", "--survey", str(survey), "--no-persona",
             "--aligned-server", url, db=store)
@@ -136,10 +120,7 @@ def test_served_aligned_models_answer_as_the_in_process_switched_path(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    assert swapped.keys() == local.keys()
-    for key, (chosen, dist) in local.items():
-        assert swapped[key][0] == chosen, key
-        assert max(abs(swapped[key][1][k] - dist[k]) for k in dist) < 1e-2
+    assert_same_answers(swapped, local)
 
     # 2. cci-local serve: one base, switched per request, asked two questions at once
     db = open_store(store)
@@ -149,9 +130,9 @@ def test_served_aligned_models_answer_as_the_in_process_switched_path(tmp_path):
     db.close()
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
-    proc = start([sys.executable, "-m", "cci_local", "--db", str(store), "serve", "r/keto",
-                  "r/nutrition", "--port", str(port), "--name", "cci-{community}"], url,
-                 tmp_path / "serve.log")
+    proc = start_server([sys.executable, "-m", "cci_local", "--db", str(store), "serve",
+                         "r/keto", "r/nutrition", "--port", str(port), "--name",
+                         "cci-{community}"], url, tmp_path / "serve.log")
     try:
         models = json.loads(urllib.request.urlopen(url + "/models").read())["data"]
         assert {m["id"] for m in models} == {"base", "cci-keto", "cci-nutrition"}
@@ -164,10 +145,7 @@ def test_served_aligned_models_answer_as_the_in_process_switched_path(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    assert switched.keys() == local.keys()
-    for key, (chosen, dist) in local.items():
-        assert switched[key][0] == chosen, key
-        assert max(abs(switched[key][1][k] - dist[k]) for k in dist) < 1e-2
+    assert_same_answers(switched, local)
 
 
 class LlamaServerStandIn:

@@ -79,7 +79,8 @@ def base_option(help: str = "The base MODEL (default: the registry's base)."):
     return click.option("--base", help=help)
 
 
-def _check_name(ctx, param, value):
+def check_name_pattern(ctx, param, value):
+    """A click callback: a served-name pattern must contain {community}."""
     if "{community}" not in value:
         raise click.BadParameter("the pattern must contain {community}, or every community "
                                  "would ask the same model")
@@ -89,7 +90,7 @@ def _check_name(ctx, param, value):
 def aligned_server_options(f):
     """--aligned-server URL and --aligned-name PATTERN: aligned models from a server."""
     f = click.option("--aligned-name", default="{community}", show_default=True,
-                     callback=_check_name, metavar="PATTERN",
+                     callback=check_name_pattern, metavar="PATTERN",
                      help="The served name of a community's aligned model, e.g. "
                      "'cci-{community}'; 'lora:{community}' picks llama-server's --lora "
                      "adapter of the community per request.")(f)

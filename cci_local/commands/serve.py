@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .common import base_option, communities_argument, console, note, out
+from .common import base_option, check_name_pattern, communities_argument, console, note, out
 
 
 @click.command(name="serve")
@@ -19,6 +19,7 @@ from .common import base_option, communities_argument, console, note, out
               help="Where to listen; 0.0.0.0 lets other machines in (then set $CCI_LOCAL_API_KEY).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--name", "pattern", default="{community}", show_default=True, metavar="PATTERN",
+              callback=check_name_pattern,
               help="A community's model name on the server ({community} is filled in).")
 @click.option("--n-ctx", type=click.IntRange(min=256), default=4096, show_default=True)
 @click.option("--print", "print_only", is_flag=True,
@@ -37,8 +38,6 @@ def serve_cmd(obj, communities, base, host, port, pattern, n_ctx, print_only, co
     from ..serve import commands, llama_cpp_config, serve, served_models
     from ..store import select_communities
 
-    if "{community}" not in pattern:
-        raise click.BadParameter("must contain {community}", param_hint="--name")
     names = select_communities(obj.db, list(communities))
     base = default_model("base", base)
     base_path, models = served_models(obj.db, names, base, pattern)
@@ -47,8 +46,8 @@ def serve_cmd(obj, communities, base, host, port, pattern, n_ctx, print_only, co
         config.write_text(json.dumps(llama_cpp_config(base_path, models, host=host, port=port,
                                                       n_ctx=n_ctx), indent=2) + "\n")
         note(f"wrote llama_cpp.server's config to {config}")
-        for title, text in commands(base_path, models, base_name=base, host=host, port=port,
-                                    config_path=config, n_ctx=n_ctx):
+        for title, text in commands(base_path, models, base_name=base, pattern=pattern,
+                                    host=host, port=port, config_path=config, n_ctx=n_ctx):
             out.print(f"[bold]# {title}[/bold]", highlight=False)
             click.echo(text)
         return

@@ -24,10 +24,8 @@ from ..llm import (
     NoLogprobs,
     Request,
     Sampling,
-    chat,
     chat_many,
     default_model,
-    option_logprobs,
     option_logprobs_many,
 )
 from ..respondents import PERSONA, labels
@@ -95,28 +93,9 @@ def ask(db: sqlite_utils.Database, backend: Backend, messages: list[dict],
     ``scoring='letter'`` reads the log-probability of each letter as the reply (the
     paper's way, one forward pass); ``'text'`` that of each option's whole text as
     the reply, which small models that cannot map a letter to its option need."""
-    if scoring not in SCORINGS:
-        raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, not {scoring!r}")
-    letters = list(options)
-    try:
-        if scoring == "text":
-            scores = option_logprobs(db, backend, messages, list(options.values()))
-            logprobs = {k: scores[v] for k, v in options.items()}
-        else:
-            logprobs = option_logprobs(db, backend, messages, letters)
-        distribution = normalise(logprobs)
-        return Answer(_choice(distribution), distribution, "logprobs")
-    except NoLogprobs:
-        pass
-    schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": letters}},
-              "required": ["answer"], "additionalProperties": False}
-    counts = dict.fromkeys(letters, 0)
-    for k in range(samples):
-        reply = chat(db, backend, messages, schema=schema,
-                     sampling=Sampling(max_tokens=16, temperature=1.0, seed=seed + k))
-        counts[reply.data["answer"]] += 1
-    distribution = {k: v / samples for k, v in counts.items()}
-    return Answer(_choice(distribution), distribution, "sampled")
+    ((_, answer),) = ask_many(db, backend, [(messages, options)], scoring=scoring,
+                              samples=samples, seed=seed)
+    return answer
 
 
 def ask_many(db: sqlite_utils.Database, backend: Backend,
@@ -206,13 +185,9 @@ def administer(db: sqlite_utils.Database, respondent: str, backend: Backend, ite
     todo = [item for item in items if item.key not in done]
     questions = [(question_messages(item.question, item.options, persona=persona,
                                     template=template), item.options) for item in todo]
-    if parallel > 1 and backend.concurrent:
-        answers = ask_many(db, backend, questions, scoring=scoring, samples=samples,
-                           parallel=parallel)
-    else:  # one at a time, each stored before the next is asked
-        answers = ((i, ask(db, backend, m, o, scoring=scoring, samples=samples))
-                   for i, (m, o) in enumerate(questions))
-    for i, answer in answers:
+    # Each answer is stored as it comes; a model in this process is asked one at a time.
+    for i, answer in ask_many(db, backend, questions, scoring=scoring, samples=samples,
+                              parallel=parallel):
         item = todo[i]
         db.execute("INSERT OR IGNORE INTO survey_answers (respondent, model, identity,"
                    " wording, item, instruction_id, chosen, distribution, method,"

@@ -253,7 +253,8 @@ def _outcome(db, backend, ident, key, request, outcome, seconds) -> Reply | Exce
 
 
 def option_logprobs_many(db: sqlite_utils.Database, backend: Backend,
-                         requests: list[tuple[Messages, list[str]]], *, parallel: int = 1
+                         requests: list[tuple[Messages, list[str]]], *, parallel: int = 1,
+                         use_cache: bool = True
                          ) -> Iterator[tuple[int, dict[str, float] | Exception]]:
     """option_logprobs for many (messages, options), yielding (index, log-probabilities
     or the exception, NoLogprobs included) as each is done.  Cache hits come first; a
@@ -264,7 +265,7 @@ def option_logprobs_many(db: sqlite_utils.Database, backend: Backend,
     for i, (messages, options) in enumerate(requests):
         payload = {"messages": messages, "options": list(options)}
         key = _key(ident, "logprobs", payload)
-        if hit := _lookup(db, key):
+        if use_cache and (hit := _lookup(db, key)):
             yield i, {k: (-math.inf if v is None else v) for k, v in json.loads(hit[1]).items()}
         else:
             todo.append((i, key, payload))
@@ -286,6 +287,7 @@ def option_logprobs_many(db: sqlite_utils.Database, backend: Backend,
                     request=payload, response=None, status="error",
                     error=f"{type(outcome).__name__}: {outcome}", seconds=seconds)
             return outcome
+        # JSON has no -inf: an option the model gives no probability is stored as null.
         stored = {k: (None if v == -math.inf else v) for k, v in outcome.items()}
         _record(db, key=key, kind="logprobs", backend=backend, ident=ident, request=payload,
                 response=json.dumps(stored), status="ok", seconds=seconds)
@@ -306,25 +308,9 @@ def option_logprobs(db: sqlite_utils.Database, backend: Backend, messages: Messa
                     options: list[str], *, use_cache: bool = True) -> dict[str, float]:
     """Log-probability of each option as the start of the reply, through the cache.
     Raises NoLogprobs where the backend cannot give them."""
-    ident = identity(db, backend)
-    payload = {"messages": messages, "options": list(options)}
-    key = _key(ident, "logprobs", payload)
-    if use_cache and (hit := _lookup(db, key)):
-        return {k: (-math.inf if v is None else v) for k, v in json.loads(hit[1]).items()}
-    start = time.monotonic()
-    try:
-        result = backend.option_logprobs(messages, list(options))
-    except NoLogprobs:
-        raise  # a capability, not a failed call: nothing to log
-    except BackendError as e:
-        count_call(backend)
-        _record(db, key=key, kind="logprobs", backend=backend, ident=ident, request=payload,
-                response=None, status="error", error=f"{type(e).__name__}: {e}",
-                seconds=time.monotonic() - start)
-        raise
-    count_call(backend)
-    # JSON has no -inf: an option the model gives no probability is stored as null.
-    stored = {k: (None if v == -math.inf else v) for k, v in result.items()}
-    _record(db, key=key, kind="logprobs", backend=backend, ident=ident, request=payload,
-            response=json.dumps(stored), status="ok", seconds=time.monotonic() - start)
-    return result
+    for _, outcome in option_logprobs_many(db, backend, [(messages, options)],
+                                           use_cache=use_cache):
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+    raise AssertionError("option_logprobs_many yields once per request")
