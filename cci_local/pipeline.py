@@ -27,6 +27,7 @@ import sqlite_utils
 from .data import ENV_DUMPS, ENV_URL, NoData, dumps_folder, find_data, find_dumps  # noqa: F401
 from .errors import WorkFailed
 from .llm import USAGE
+from .rss import peak_rss_mb, release, reset_peak
 from .store import normalise_community
 
 STAGES = ("data", "topics", "generate", "train", "survey", "fidelity", "psychometrics", "report")
@@ -53,8 +54,9 @@ class RunOptions:
     steps: int | None = None
     epochs: float = 3.0
     batch_size: int = 16
-    micro_batch: int = 4
-    max_len: int = 2048
+    micro_batch: int = 4  # or fewer, to fit the memory budget
+    max_len: int | None = None  # None: the longest pair
+    memory: float | None = None  # GiB for training (default: a safe share of the device)
     max_examples: int | None = None
     scoring: str = "letter"  # survey and psychometrics: letter (the paper's) or text
     samples: int = 50  # fidelity: generated answers per model
@@ -88,6 +90,7 @@ class StageOutcome:
     seconds: float = 0.0
     calls: int = 0  # real model calls made
     loads: int = 0  # models loaded into memory
+    peak_rss_mb: float | None = None  # this stage's peak resident memory
     notes: list[str] = field(default_factory=list)
 
 
@@ -140,6 +143,8 @@ def run_pipeline(db: sqlite_utils.Database, db_path: Path, communities: list[str
     if unknown:
         raise PipelineError(f"--force takes {', '.join(FORCEABLE)}, not {', '.join(unknown)}")
     check_options(options)
+    for line in check_memory(db, names, options):
+        log(line)
     settings = {k: v for k, v in asdict(options).items()
                 if k not in ("force", "dumps", "until")}
     with db.conn:
@@ -157,6 +162,7 @@ def run_pipeline(db: sqlite_utils.Database, db_path: Path, communities: list[str
             outcome = StageOutcome(stage, "ran")
             report.stages.append(outcome)
             calls, loads, t0 = USAGE["calls"], USAGE["loads"], time.monotonic()
+            measured = reset_peak()
             try:
                 result = _STEPS[stage](db, state, outcome)
             except KeyboardInterrupt:
@@ -173,6 +179,9 @@ def run_pipeline(db: sqlite_utils.Database, db_path: Path, communities: list[str
                 outcome.seconds = time.monotonic() - t0
                 outcome.calls = USAGE["calls"] - calls
                 outcome.loads = USAGE["loads"] - loads
+                if measured:
+                    outcome.peak_rss_mb = round(peak_rss_mb(), 1)
+                release()  # what this stage freed goes back before the next one loads
             idle = result is False or (result is None and not outcome.calls
                                        and not outcome.loads)
             if outcome.status == "ran" and idle:
@@ -214,6 +223,48 @@ def check_options(options: RunOptions) -> None:
             problems.append(f"--instrument: {e}")
     if problems:
         raise PipelineError("nothing was run; fix first:\n" + "\n".join(problems))
+
+
+def check_memory(db, names: list[str], options: RunOptions) -> list[str]:
+    """The training plan for each community, fitted to ``options.memory`` before any
+    stage starts; a run whose training cannot fit is refused here (PipelineError),
+    not after hours of generation.  Where no training pairs are stored yet, examples
+    as long as ``max_len`` (or 1,024 tokens) are assumed.  Returns lines to log."""
+    from .store import find_community
+    from .train import OverBudget, TrainConfig, TrainError, plan_pairs, resolve_base
+    from .train.data import training_pairs
+    from .train.estimate import refusal
+
+    if options.until in ("data", "topics", "generate"):
+        return []
+    try:
+        base = resolve_base(_base(options))
+    except TrainError as e:
+        return [f"note: no memory plan for training: {e}"]
+    config = TrainConfig(steps=options.steps, epochs=options.epochs,
+                         batch_size=options.batch_size, micro_batch=options.micro_batch,
+                         max_len=options.max_len, seed=options.seed)
+    lines = []
+    for name in names:
+        stored = find_community(db, name)
+        pairs = training_pairs(db, stored, options.kinds, max_examples=options.max_examples,
+                               seed=options.seed) if stored else []
+        counts = None
+        if not pairs:
+            length = options.max_len or 1024
+            n = options.max_examples or 256
+            pairs = [("", "")] * n
+            counts = ([length] * n, [length * 3 // 4] * n,
+                      f"assumed: no training pairs yet, {n} examples of {length} tokens")
+        plan, _ = plan_pairs(pairs, base, config, memory=options.memory, counts=counts)
+        if not plan.fits:
+            raise PipelineError(f"nothing was run; fix first:\n--memory: r/{name}: "
+                                + refusal(plan)) from OverBudget(refusal(plan))
+        lines.append(f"train r/{name}: peak ~{plan.peak_gib:.2f} GiB of a "
+                     f"{plan.budget_gib:.1f} GiB budget ({plan.budget_from}); {plan.trainer} on "
+                     f"{plan.device}, micro-batch {plan.micro_batch}, gradient checkpointing "
+                     f"{'on' if plan.checkpointing else 'off'} ({plan.tokens_counted})")
+    return lines
 
 
 def _line(o: StageOutcome) -> str:
@@ -320,7 +371,7 @@ def _train(db, state, outcome) -> bool:
         try:
             row = train(db, name, _base(options), config, kinds=options.kinds,
                         max_examples=options.max_examples, on_step=on_step,
-                        force="train" in options.force)
+                        force="train" in options.force, memory=options.memory)
         except TrainError as e:
             raise PipelineError(f"train r/{name}: {e}") from e
         trained |= not row["reused"]

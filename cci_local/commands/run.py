@@ -65,12 +65,15 @@ from .common import (
 @click.option("--until", type=click.Choice(["data", "topics", "generate", "train", "survey",
                                             "fidelity", "psychometrics"]),
               help="Stop after this stage.")
+@click.option("--memory", type=click.FloatRange(min=0.1), metavar="GIB",
+              help="Training's memory budget in GiB (default: 75% of this machine's RAM, or of "
+              "the GPU's on CUDA); checked before any stage starts.")
 @seed_option
 @json_option("what each stage did")
 @click.pass_obj
 def run_cmd(obj, communities, corpus, dumps, offline, limit, teacher, base, max_rows, kinds,
             steps, epochs, scoring, samples, real, no_judges, instrument, item_bank, prefixes,
-            quick, force, until, seed, as_json):
+            quick, force, until, memory, seed, as_json):
     """Everything for COMMUNITIES in one go: find the data, ingest, topics, generate,
     train, survey, fidelity (and psychometrics with --instrument), then write the
     report beside the store.  What is done already is skipped: a second identical
@@ -81,7 +84,7 @@ def run_cmd(obj, communities, corpus, dumps, offline, limit, teacher, base, max_
         corpus=tuple(corpus) or None, dumps=dumps, limit=limit, teacher=teacher, base=base,
         max_rows=max_rows, kinds=tuple(kinds) or None, steps=steps, epochs=epochs,
         scoring=scoring, samples=samples, real=real, instrument=instrument, items=item_bank,
-        prefixes=prefixes).items() if v is not None}
+        prefixes=prefixes, memory=memory).items() if v is not None}
     given |= {"offline": offline, "judges": not no_judges, "seed": seed,
               "force": frozenset(force), "until": until}
     options = RunOptions.quick(**given) if quick else RunOptions(**given)
@@ -126,14 +129,22 @@ def run_cmd(obj, communities, corpus, dumps, offline, limit, teacher, base, max_
         return
     table = Table(box=box.SIMPLE_HEAD, title=f"cci-local run {report.run_id}: "
                   + " ".join(f"r/{c}" for c in report.communities), title_justify="left")
-    for name in ("stage", "status", "seconds", "model calls", "result"):
-        table.add_column(name, justify="right" if name in ("seconds", "model calls") else "left",
+    numbers = ("seconds", "model calls", "peak MB")
+    for name in ("stage", "status", *numbers, "result"):
+        table.add_column(name, justify="right" if name in numbers else "left",
                          overflow="fold", no_wrap=name != "result")
     colours = {"ran": "green", "done before": "dim", "skipped": "dim"}
     for s in report.stages:
         table.add_row(s.stage, f"[{colours.get(s.status, 'red')}]{s.status}[/]",
-                      f"{s.seconds:,.1f}", f"{s.calls:,}", escape(s.summary))
+                      f"{s.seconds:,.1f}", f"{s.calls:,}",
+                      "" if s.peak_rss_mb is None else f"{s.peak_rss_mb:,.0f}",
+                      escape(s.summary))
     out.print(table)
+    peaks = [s for s in report.stages if s.peak_rss_mb]
+    if peaks:
+        top = max(peaks, key=lambda s: s.peak_rss_mb)
+        out.print(f"peak memory: {top.peak_rss_mb:,.0f} MB, in {top.stage} (each stage's "
+                  "peak; what a stage frees is released before the next)", highlight=False)
     for s in report.stages:
         for note in s.notes:
             out.print(f"note ({s.stage}): {note}", style="dim", highlight=False, soft_wrap=True)

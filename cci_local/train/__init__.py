@@ -84,9 +84,14 @@ def load_base(base: Base, config: TrainConfig):
     transformers.utils.logging.set_verbosity_error()
     device = pick_device(config.device)
     dtype = torch.float32
+    # bf16 (or fp16) on CUDA and MPS halves the base; the CPU stays fp32: without
+    # AVX512-BF16/AMX (most laptops) torch runs bf16 matrix products emulated, slower
+    # than fp32, and a CPU run is for small bases (docs/performance.md#training-memory).
     if device == "cuda" and config.dtype in ("auto", "bf16", "fp16"):
         dtype = torch.bfloat16 if (config.dtype != "fp16" and torch.cuda.is_bf16_supported()) \
             else torch.float16
+    elif device == "mps" and config.dtype in ("auto", "bf16", "fp16"):
+        dtype = torch.float16 if config.dtype == "fp16" else torch.bfloat16
     folder, extra = (str(base.gguf.parent), {"gguf_file": base.gguf.name}) if base.gguf \
         else (str(base.hf_dir), {})
     if config.load_in_4bit:
@@ -103,7 +108,7 @@ def load_base(base: Base, config: TrainConfig):
         model.to(device)
     checkpointing = config.gradient_checkpointing
     if checkpointing is None:
-        checkpointing = device == "cuda"
+        checkpointing = device in ("cuda", "mps")
     if checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
@@ -116,11 +121,16 @@ def adapters_dir(db: sqlite_utils.Database) -> Path:
     return Path(path).resolve().parent / "adapters"
 
 
+# Settings that change memory or speed, not what is learned: not part of a run's identity,
+# so a run resumed under another budget continues where it stopped.
+MEMORY_ONLY = ("checkpoint_every", "device", "micro_batch", "gradient_checkpointing",
+               "chunked_loss")
+
+
 def run_key(community: str, base_ident: str, hashed: str, trainer: str, kinds, config) -> str:
     """The identity of a training run: the same community, base, data, trainer, kinds and
-    settings (checkpointing and device aside) give the same key, so the run is reused."""
-    settings = {k: v for k, v in config.as_dict().items() if k not in ("checkpoint_every",
-                                                                      "device")}
+    settings (those in MEMORY_ONLY aside) give the same key, so the run is reused."""
+    settings = {k: v for k, v in config.as_dict().items() if k not in MEMORY_ONLY}
     blob = json.dumps([community, base_ident, hashed, trainer, list(kinds), settings],
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -147,15 +157,40 @@ def _pairs(db, community, kinds, max_examples, seed, split_by="random"):
 
 
 def plan(db: sqlite_utils.Database, community: str, base: str = "embedded",
-         config: TrainConfig | None = None, *, kinds: tuple[str, ...] = ("open",),
-         max_examples: int | None = None, split_by: str = "random"):
-    """What ``train`` would do, and a memory estimate, without loading the model."""
-    from .estimate import make_plan, model_shape
-
+         config: TrainConfig | None = None, *, trainer: str = "peft",
+         kinds: tuple[str, ...] = ("open",), max_examples: int | None = None,
+         split_by: str = "random", memory: float | None = None,
+         pinned: frozenset[str] = frozenset()):
+    """What ``train`` would do: the settings that fit ``memory`` GiB (default: a safe
+    share of the device's memory) and their estimate, without loading the model.
+    ``pinned``: the TrainConfig fields the user set, which the fit keeps."""
     config = config or TrainConfig()
     _, pairs = _pairs(db, community, kinds, max_examples, config.seed, split_by)
-    resolved = resolve_base(base)
-    return make_plan(pairs, model_shape(resolved.gguf, resolved.hf_dir), config)
+    return plan_pairs(pairs, resolve_base(base), config, trainer=trainer, memory=memory,
+                      pinned=pinned)[0]
+
+
+def plan_pairs(pairs, resolved: Base, config: TrainConfig, *, trainer: str = "peft",
+               memory: float | None = None, pinned: frozenset[str] = frozenset(),
+               counts=None):
+    """(plan, config to train with) for ``pairs`` on ``resolved``; ``counts``: token
+    counts (whole exchanges, answers, how counted) where the pairs are only assumed."""
+    from .estimate import fit, model_shape
+
+    if trainer not in TRAINERS:
+        raise TrainError(f"unknown trainer {trainer!r}: use one of {', '.join(TRAINERS)}")
+    if config.load_in_4bit and trainer == "mlx":
+        raise TrainError("--4bit is for the peft trainer on CUDA; mlx trains on a 4-bit base "
+                         "already (--mlx-bits)")
+    return fit(pairs, model_shape(resolved.gguf, resolved.hf_dir), config, trainer=trainer,
+               gguf=resolved.gguf, hf_dir=resolved.hf_dir, budget_gib=memory, pinned=pinned,
+               counts=counts)
+
+
+class OverBudget(TrainError):
+    """No settings fit the memory budget; nothing was started."""
+
+    exit_code = 2
 
 
 def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
@@ -163,18 +198,28 @@ def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
           kinds: tuple[str, ...] = ("open",),
           max_examples: int | None = None, out_dir: Path | None = None,
           on_step: Callable[[dict], None] | None = None, force: bool = False,
-          split_by: str = "random") -> dict:
+          split_by: str = "random", memory: float | None = None,
+          pinned: frozenset[str] = frozenset(), on_plan: Callable | None = None) -> dict:
     """Train (or resume, or reuse) ``community``'s adapter; return its store row.
     ``force``: train again from scratch even if this run finished before.
     ``split_by`` 'topic': train on the unseen-topic split's train rows, for
-    ``survey --split topic`` (the adapter is keyed by its data, so it is its own)."""
+    ``survey --split topic`` (the adapter is keyed by its data, so it is its own).
+    ``memory``: the budget in GiB (default: a safe share of the device's memory); the
+    settings not in ``pinned`` are fitted to it before anything loads, and a run that
+    cannot fit raises OverBudget.  ``on_plan(plan)`` sees the plan first."""
     config = config or TrainConfig()
     name, pairs = _pairs(db, community, kinds, max_examples, config.seed, split_by)
     resolved = resolve_base(base)
+    the_plan, config = plan_pairs(pairs, resolved, config, trainer=trainer, memory=memory,
+                                  pinned=pinned)
+    if on_plan:
+        on_plan(the_plan)
+    if not the_plan.fits:
+        from .estimate import refusal
+
+        raise OverBudget(refusal(the_plan))
     ident = base_identity(db, resolved)
     hashed = data_hash(pairs)
-    if trainer not in TRAINERS:
-        raise TrainError(f"unknown trainer {trainer!r}: use one of {', '.join(TRAINERS)}")
     key = run_key(name, ident, hashed, trainer, kinds, config)
     row = _adapter(db, "key = ?", key)
     if row is not None and row["status"] == "done" and not force:
@@ -221,7 +266,8 @@ def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
         import torch
 
         model, tokenizer = load_base(resolved, config)
-        examples = encode(tokenizer, pairs, config.max_len)
+        examples = encode(tokenizer, pairs, config.max_len
+                          or getattr(model.config, "max_position_embeddings", None))
         torch.manual_seed(config.seed)  # the LoRA initialisation
         model = add_lora(model, config)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
@@ -274,5 +320,5 @@ def export(model, state: dict, base: Base, config: TrainConfig, out: Path) -> di
     return {"gguf": gguf_path, "modelfile": mf}
 
 
-__all__ = ["TRAINERS", "Base", "TrainConfig", "TrainError", "adapters_dir", "export",
-           "list_adapters", "plan", "resolve_base", "train"]
+__all__ = ["TRAINERS", "Base", "OverBudget", "TrainConfig", "TrainError", "adapters_dir",
+           "export", "list_adapters", "plan", "plan_pairs", "resolve_base", "train"]

@@ -40,11 +40,11 @@ def chat_prompt(tokenizer, question: str) -> list[int]:
         return_dict=False))
 
 
-def encode(tokenizer, pairs: list[tuple[str, str]], max_len: int
+def encode(tokenizer, pairs: list[tuple[str, str]], max_len: int | None
            ) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels) per pair: the whole exchange in the chat template, the prompt's
     labels IGNORE so the loss covers the answer (and its end-of-turn) only.  Cut at
-    ``max_len`` tokens; a pair whose prompt alone fills it is skipped."""
+    ``max_len`` tokens (None: never); a pair whose prompt alone fills it is skipped."""
     out = []
     for question, answer in pairs:
         prompt = chat_prompt(tokenizer, question)
@@ -54,8 +54,9 @@ def encode(tokenizer, pairs: list[tuple[str, str]], max_len: int
         if full[:len(prompt)] != prompt:  # a template that rewrites earlier turns
             raise ValueError("the chat template does not keep the prompt as a prefix of the "
                              "whole exchange; cannot mask the prompt")
-        if len(prompt) >= max_len:
-            continue
-        full = full[:max_len]
+        if max_len is not None:
+            if len(prompt) >= max_len:
+                continue
+            full = full[:max_len]
         out.append((full, [IGNORE] * len(prompt) + full[len(prompt):]))
     return out

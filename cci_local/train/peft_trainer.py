@@ -3,7 +3,12 @@
 Each optimizer step sees ``batch_size`` examples, in micro-batches of
 ``micro_batch`` (gradient accumulation); the loss is the mean over the answer
 tokens of the whole step, so accumulation gives the gradient of one big batch.
-AdamW, cosine schedule with linear warm-up, gradient clipping.  Every
+AdamW, cosine schedule with linear warm-up, gradient clipping.  With
+``chunked_loss`` (the default) the decoder's hidden states are kept for the
+answer tokens only and sent through the output layer a chunk at a time, each
+chunk recomputed in the backward pass: the tokens x vocabulary logits (0.5 MB a
+token for a 128k vocabulary in fp32) are never held whole.  The loss and its
+gradient are the same as the full computation's.  Every
 ``checkpoint_every`` steps the adapter, optimizer, scheduler, step and random
 state are written (atomically) to ``checkpoint/``; a killed run started again
 continues from there and ends where an uninterrupted run would.
@@ -37,15 +42,18 @@ class TrainConfig:
     batch_size: int = 16  # examples per optimizer step (the paper's batch)
     micro_batch: int = 4  # examples per forward pass
     warmup: float = 0.1  # share of steps of linear warm-up
-    max_len: int = 2048
+    max_len: int | None = None  # None: the longest pair (in the chat template)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
     checkpoint_every: int = 50
     gradient_checkpointing: bool | None = None  # None: on for CUDA, off on CPU
-    dtype: str = "auto"  # auto: bf16 (or fp16) on CUDA, fp32 elsewhere
+    dtype: str = "auto"  # auto: bf16 (or fp16) on CUDA and MPS, fp32 on the CPU
     load_in_4bit: bool = False  # CUDA only (bitsandbytes)
     device: str = "auto"
+    lora_layers: int | None = None  # LoRA on the last N blocks only; None: every block
+    chunked_loss: bool = True  # the loss over answer tokens in chunks: no tokens x vocab logits
+    mlx_bits: int | None = 4  # mlx: train on the base quantized to this many bits; None: float
 
     def total_steps(self, n_examples: int) -> int:
         if self.steps:
@@ -101,10 +109,57 @@ def _collate(batch, pad_id: int, device):
 def add_lora(model, config: TrainConfig):
     from peft import LoraConfig, get_peft_model
 
+    layers = None
+    if config.lora_layers:
+        n = model.config.num_hidden_layers
+        layers = list(range(max(0, n - config.lora_layers), n))
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                       target_modules=list(config.target_modules), bias="none",
-                      task_type="CAUSAL_LM")
+                      task_type="CAUSAL_LM", layers_to_transform=layers)
     return get_peft_model(model, lora)
+
+
+LOSS_CHUNK_BYTES = 64 * 2**20  # fp32 logits of one chunk of answer tokens
+
+
+def _chunk_loss(head, hidden, targets):
+    import torch
+
+    return torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def answer_loss(model, ids, labels, mask, *, chunked: bool = True):
+    """The summed cross-entropy of the answer tokens (labels not IGNORE).  ``chunked``:
+    only the answer positions' hidden states go through the output layer, a chunk of
+    about LOSS_CHUNK_BYTES of logits at a time, each recomputed in the backward pass
+    instead of kept; a model whose output layer is not a plain linear head (logit
+    scaling or soft-capping) takes the full path."""
+    import functools
+
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = inner.config
+    plain_head = not (getattr(cfg, "final_logit_softcapping", None)
+                      or getattr(cfg, "logit_scale", None))
+    if not chunked or not plain_head:
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+            ignore_index=IGNORE, reduction="sum")
+    hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask,
+                                 use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    hidden, targets = hidden[:, :-1][keep], targets[keep]
+    head = inner.get_output_embeddings()
+    size = max(1, LOSS_CHUNK_BYTES // (4 * head.weight.shape[0]))
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for i in range(0, len(targets), size):
+        total = total + checkpoint(functools.partial(_chunk_loss, head), hidden[i:i + size],
+                                   targets[i:i + size], use_reentrant=False)
+    return total
 
 
 def _save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, losses) -> None:
@@ -178,10 +233,8 @@ def train_lora(model, examples: list[tuple[list[int], list[int]]], config: Train
         optimizer.zero_grad(set_to_none=True)
         for m in range(0, len(batch), config.micro_batch):
             ids, labels, mask = _collate(batch[m:m + config.micro_batch], pad_id, device)
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-            loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                ignore_index=IGNORE, reduction="sum") / n_answer
+            loss = answer_loss(model, ids, labels, mask,
+                               chunked=config.chunked_loss) / n_answer
             loss.backward()
             step_loss += loss.item()
             n_tokens += int(mask.sum())
