@@ -277,7 +277,7 @@ def test_dry_run_prints_the_plan_and_trains_nothing(trained):
     out = result.stdout
     assert "training plan (nothing trained)" in out and "0.13B parameters" in out
     assert "32 examples" in out and "12 optimizer steps of 8 examples (2 micro-batches" in out
-    total = float(re.search(r"total \(estimate\)\s+([\d.]+) GiB", out).group(1))
+    total = float(re.search(r"peak \(estimate\)\s+([\d.]+) GiB", out).group(1))
     assert 1.0 < total < 8.0  # measured peak RSS for this run: ~3.6 GiB on CPU
     assert trained["db"].execute("SELECT count(*) FROM adapters").fetchone()[0] == before
 

@@ -171,3 +171,32 @@ def test_chunked_loss_equals_the_full_loss_and_its_gradient():
     for name in g_full:
         assert torch.allclose(g_full[name], g_chunk[name], atol=1e-6, rtol=1e-4), name
     assert any(g.abs().sum() > 0 for g in g_full.values())
+
+
+def test_run_refuses_a_budget_training_cannot_meet_before_any_stage(tmp_path):
+    """`run --memory` plans training first: nothing ingested, no run row, one message."""
+    db_path = tmp_path / "s.db"
+    result = CliRunner().invoke(cli, ["--db", str(db_path), "run", "r/keto", "--offline",
+                                      "--memory", "0.2"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1, text
+    assert "nothing was run; fix first: --memory: r/keto: training would need about" in text
+    assert "over the 0.2 GiB budget (--memory)" in text
+    assert "What would fit: nothing at this budget" in text  # the runtime alone is over
+    db = open_store(db_path)
+    assert db.execute("SELECT count(*) FROM pipeline_runs").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM documents").fetchone()[0] == 0
+
+
+def test_plan_of_the_embedded_model_counts_tokens_with_its_own_tokenizer(tmp_path):
+    from cci_local.llm.llama_cpp import embedded_model_path
+    from cci_local.train.estimate import model_shape, token_counts
+
+    path = embedded_model_path()
+    pairs = [("What do you eat for breakfast?", "Eggs and bacon, every single day.")]
+    whole, answers, how = token_counts(pairs, path)
+    assert how == "the base's tokenizer and chat template"
+    # SmolLM2's template adds its default system prompt: far more than the two texts.
+    assert 30 < whole[0] < 80 and 8 <= answers[0] <= 14
+    shape = model_shape(path, None)
+    assert (shape.layers, shape.hidden, shape.vocab, shape.tied) == (30, 576, 49152, True)

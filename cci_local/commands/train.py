@@ -98,7 +98,7 @@ def train_cmd(obj, community, base, trainer, steps, epochs, lr, batch_size, micr
         p = plan(obj.db, community, base, config, trainer=trainer, kinds=kinds,
                  max_examples=max_examples, split_by=split_by, memory=memory, pinned=pinned)
         if as_json:
-            click.echo(json.dumps({"base": base, **p.as_dict()}, indent=2))
+            click.echo(json.dumps({"model": base, **p.as_dict()}, indent=2))
         else:
             print_plan(p, base, config)
         if not p.fits:

@@ -257,9 +257,11 @@ def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     warnings.filterwarnings("ignore", message="Could not find a config file", module="peft")
     if trainer == "mlx":
-        from .mlx_trainer import hf_folder, train_mlx
+        from .mlx_trainer import mlx_folder, train_mlx
 
-        folder = resolved.hf_dir or hf_folder(resolved.gguf, adapters_dir(db) / ".hf-cache")
+        # QLoRA: the base quantized once, a tensor at a time, into an mlx folder.
+        folder = mlx_folder(resolved.hf_dir or resolved.gguf, adapters_dir(db) / ".mlx-cache",
+                            config.mlx_bits)
         result = train_mlx(folder, pairs, config, out, on_step=step)
         paths = export(None, result["state"], resolved, config, out)
     else:

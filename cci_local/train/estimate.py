@@ -38,10 +38,14 @@ DEVICES = ("cpu", "cuda", "mps")
 # 26% of the full activations, not the layer inputs alone: the recomputed layers'
 # freed blocks stay with the process (glibc's heap).  GPU allocators reuse them, so on
 # CUDA and MPS the figure is an upper bound.
-ACT_FACTOR = 2.05  # x the tensors a LLaMA block with LoRA keeps per token
-CHECKPOINT_KEEPS = 0.26  # share of the full activations at the peak with checkpointing
-LOGIT_COPIES = 4.0  # logits, log-softmax, their gradients (fp32) per token in the loss
-RUNTIME_GIB = {"peft": 0.55, "mlx": 0.45}  # interpreter, torch/mlx, tokenizer, allocator
+# mlx's lazy graph keeps little more than the counted tensors and frees what
+# checkpointing recomputes (its peak is the layer inputs and one layer); it computes
+# a quantized model in float32 on the CPU (its quantized CPU kernels have no fast
+# float16 path) and in float16 on Apple silicon.
+ACT_FACTOR = {"peft": 2.05, "mlx": 1.17}  # x the tensors a LLaMA block with LoRA keeps
+CHECKPOINT_KEEPS = {"peft": 0.26, "mlx": 0.0}  # of the full activations, checkpointing
+LOGIT_COPIES = {"peft": 4.0, "mlx": 1.65}  # fp32 logit-sized tensors per token in the loss
+RUNTIME_GIB = {"peft": 0.55, "mlx": 0.61}  # interpreter, torch/mlx, tokenizer, allocator
 CUDA_CONTEXT_GIB = 0.6  # the CUDA context and cuBLAS workspaces, on the GPU
 
 
@@ -211,8 +215,10 @@ def token_counts(pairs: list[tuple[str, str]], gguf: Path | None = None,
 def _gguf_counts(pairs, gguf: Path) -> tuple[list[int], list[int]]:
     import llama_cpp
     from llama_cpp import llama_chat_format
+    from llama_cpp._utils import suppress_stdout_stderr
 
-    llm = llama_cpp.Llama(str(gguf), vocab_only=True, verbose=False)
+    with suppress_stdout_stderr(disable=False):  # llama.cpp logs a context warning for a vocabulary
+        llm = llama_cpp.Llama(str(gguf), vocab_only=True, verbose=False)
     template = llm.metadata["tokenizer.chat_template"]
     eos, bos = llm.token_eos(), llm.token_bos()
     fmt = llama_chat_format.Jinja2ChatFormatter(
@@ -280,11 +286,25 @@ def _device(config: TrainConfig, trainer: str) -> str:
     return pick_device("auto")
 
 
-def _dtype(config: TrainConfig, trainer: str, device: str) -> tuple[str, float]:
+def _mlx_group(gguf: Path | None) -> int:
+    """The group size mlx_convert gives this base: 32 for a GGUF of Q4_0/Q4_1/Q8_0
+    blocks (copied exactly), else 64."""
+    if gguf is None:
+        return 64
+    import gguf as gg
+
+    from .mlx_convert import _default_group
+
+    return _default_group(gg.GGUFReader(str(gguf)))
+
+
+def _dtype(config: TrainConfig, trainer: str, device: str,
+           gguf: Path | None = None) -> tuple[str, float]:
     """(the base weights' type, bytes per weight of the quantized layers)."""
     if trainer == "mlx":
         if config.mlx_bits:
-            group = 64
+            group = _mlx_group(gguf)
+            # Each group of weights has a float16 scale and bias.
             return f"{config.mlx_bits}-bit (mlx, groups of {group})", \
                 (config.mlx_bits + 32 / group) / 8
         return "fp16 (mlx)", 2.0
@@ -329,18 +349,19 @@ def make_plan(pairs: list[tuple[str, str]], shape: Shape, config: TrainConfig, *
     whole = [min(max_len, n) for n in whole]
     answers = [min(a, w) for a, w in zip(answers, whole, strict=True)]
     longest = max(whole, default=0)
-    dtype, weight_bytes = _dtype(config, trainer, device)
-    act_bytes = 4 if dtype == "fp32" else 2
+    dtype, weight_bytes = _dtype(config, trainer, device, gguf)
+    act_bytes = 4 if dtype == "fp32" or (trainer == "mlx" and device == "cpu"
+                                         and config.mlx_bits) else 2
     checkpointing = _checkpointing(config, device, trainer)
     micro = max(1, min(config.micro_batch, len(pairs) or 1))
     # The micro-batch of the longest examples, padded to the longest.
     tokens = micro * longest
     answer_tokens = sum(sorted(answers, reverse=True)[:micro])
     lora = lora_params(shape, config)
-    per_token = block_tensors(shape, config) * act_bytes * ACT_FACTOR
+    per_token = block_tensors(shape, config) * act_bytes * ACT_FACTOR[trainer]
     activations = tokens * shape.layers * per_token
     if checkpointing:
-        activations = max(activations * CHECKPOINT_KEEPS,
+        activations = max(activations * CHECKPOINT_KEEPS[trainer],
                           tokens * (shape.layers * shape.hidden * act_bytes + per_token))
     chunked = config.chunked_loss and trainer == "peft"
     if chunked:
@@ -356,7 +377,7 @@ def make_plan(pairs: list[tuple[str, str]], shape: Shape, config: TrainConfig, *
         "LoRA weights, gradients, AdamW state": lora * 16 / GIB,
         "activations": activations / GIB,
         "logits, log-softmax and their gradients":
-            logit_tokens * shape.vocab * 4 * LOGIT_COPIES / GIB,
+            logit_tokens * shape.vocab * 4 * LOGIT_COPIES[trainer] / GIB,
         "runtime": RUNTIME_GIB[trainer] + (CUDA_CONTEXT_GIB if device == "cuda" else 0.0),
     }
     loading = 0.0
@@ -428,8 +449,7 @@ def alternatives(pairs, shape: Shape, config: TrainConfig, plan: Plan, **kw) -> 
         if p.fits:
             out.append(f"--4bit (about {p.peak_gib:.1f} GiB)")
     if plan.trainer == "peft" and plan.device in ("mps", "cpu"):
-        p = make_plan(pairs, shape, replace(frugal, device="mps" if plan.device == "mps"
-                                            else config.device),
+        p = make_plan(pairs, shape, replace(frugal, device="mps"),
                       **(kw | {"trainer": "mlx"}))
         if p.fits:
             out.append(f"--trainer mlx, 4-bit base (about {p.peak_gib:.1f} GiB"
