@@ -20,12 +20,13 @@ what would: ``--4bit``, ``--trainer mlx``, LoRA on fewer blocks, a smaller base.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .peft_trainer import LOSS_CHUNK_BYTES, TrainConfig
+from .peft_trainer import LOSS_CHUNK_BYTES, TrainConfig, pick_device
 
 GIB = 2**30
 SAFE_SHARE = 0.75  # of the machine's RAM (or the GPU's memory) a run may plan to use
@@ -278,17 +279,11 @@ def default_budget(device: str) -> tuple[float, str]:
 # ---------------------------------------------------------------------------- the estimate
 
 
-def _device(config: TrainConfig, trainer: str) -> str:
-    if config.device != "auto":
-        return config.device
-    from .peft_trainer import pick_device
-
-    return pick_device("auto")
-
-
+@functools.lru_cache(maxsize=8)
 def _mlx_group(gguf: Path | None) -> int:
     """The group size mlx_convert gives this base: 32 for a GGUF of Q4_0/Q4_1/Q8_0
-    blocks (copied exactly), else 64."""
+    blocks (copied exactly), else 64.  Cached: fit() plans many settings for one base,
+    and parsing an 8B GGUF's metadata costs seconds."""
     if gguf is None:
         return 64
     import gguf as gg
@@ -342,8 +337,9 @@ def make_plan(pairs: list[tuple[str, str]], shape: Shape, config: TrainConfig, *
               budget_gib: float | None = None, counts=None) -> Plan:
     """The plan for ``config`` as it is (``fit`` changes settings to meet a budget).
     ``counts``: token counts from ``token_counts`` (computed here when None)."""
-    device = "cpu" if trainer == "mlx" and config.device == "auto" and \
-        _device(config, "peft") == "cuda" else _device(config, trainer)
+    device = pick_device(config.device)
+    if trainer == "mlx" and config.device == "auto" and device == "cuda":
+        device = "cpu"  # mlx has no CUDA backend here
     whole, answers, how = counts or token_counts(pairs, gguf, hf_dir)
     max_len = config.max_len or shape.context
     whole = [min(max_len, n) for n in whole]
