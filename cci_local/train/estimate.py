@@ -131,15 +131,22 @@ class Plan:
 # ------------------------------------------------------------------------ the base's shape
 
 
+@functools.lru_cache(maxsize=4)
+def _gguf_reader(gguf: Path):
+    """One parse of a GGUF's header per base (memory-mapped; an 8B's takes seconds),
+    shared by the shape and the mlx group size."""
+    import gguf as gg
+
+    return gg.GGUFReader(str(gguf))
+
+
 def model_shape(gguf: Path | None, hf_dir: Path | None) -> Shape:
     """The base's shape from a GGUF's metadata or a Hugging Face ``config.json`` (no
     weights needed: a folder holding only ``config.json`` is enough for a dry run)."""
     if gguf is not None:
-        import gguf as gg
-
         from .gguf_lora import gguf_value
 
-        reader = gg.GGUFReader(str(gguf))
+        reader = _gguf_reader(Path(gguf))
 
         def value(key, default=None):
             return gguf_value(reader, key, default)
@@ -286,11 +293,9 @@ def _mlx_group(gguf: Path | None) -> int:
     and parsing an 8B GGUF's metadata costs seconds."""
     if gguf is None:
         return 64
-    import gguf as gg
-
     from .mlx_convert import _default_group
 
-    return _default_group(gg.GGUFReader(str(gguf)))
+    return _default_group(_gguf_reader(Path(gguf)))
 
 
 def _dtype(config: TrainConfig, trainer: str, device: str,
