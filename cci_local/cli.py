@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from . import __version__
 from .commands.ask import ask_cmd, chat_cmd
+from .commands.audit import audit_cmd
 from .commands.common import Context, console
 from .commands.fidelity import fidelity_cmd
 from .commands.generate import generate
@@ -53,6 +54,7 @@ def cli(ctx, db_path):
 
 # In pipeline order, then the tools around it.
 for command in (run_cmd, collect_cmd, ingest_cmd, status, topics, generate, train_cmd,
-                survey_cmd, psychometrics_cmd, fidelity_cmd, ask_cmd, chat_cmd, serve_cmd,
+                survey_cmd, psychometrics_cmd, fidelity_cmd, audit_cmd, ask_cmd, chat_cmd,
+                serve_cmd,
                 report_cmd, export_cmd, import_cmd, prompt, models, doctor):
     cli.add_command(command)

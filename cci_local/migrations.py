@@ -475,11 +475,42 @@ def _v15_imports(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE instructions ADD COLUMN topic_label TEXT")
 
 
+def _v16_audits(db: sqlite_utils.Database) -> None:
+    # The privacy audit of an adapter (``cci-local audit``): one row per audit run with
+    # its figures, and one per measured text and model, so a re-run asks no model again.
+    # ``test`` is 'extract' (value 1.0 when greedy decoding reproduced the next m tokens
+    # after a k-token prefix, detail: tokens matched) or 'loss' (mean per-token loss of
+    # the answer).  Texts are named by instruction id and, for template pairs, by the
+    # document id they were made from; never by author.
+    db.execute(
+        "CREATE TABLE audit_items ("
+        " adapter_id INTEGER NOT NULL REFERENCES adapters(id) ON DELETE CASCADE,"
+        " params TEXT NOT NULL,"  # the settings the value depends on, e.g. 'k=32,m=32'
+        " test TEXT NOT NULL CHECK (test IN ('extract', 'loss')),"
+        " model TEXT NOT NULL CHECK (model IN ('aligned', 'base')),"
+        " instruction_id INTEGER NOT NULL REFERENCES instructions(id) ON DELETE CASCADE,"
+        " split TEXT NOT NULL CHECK (split IN ('train', 'test')),"
+        " value REAL NOT NULL,"
+        " detail INTEGER,"
+        " PRIMARY KEY (adapter_id, params, test, model, instruction_id))"
+    )
+    db.execute(
+        "CREATE TABLE audits ("
+        " id INTEGER PRIMARY KEY,"
+        " adapter_id INTEGER NOT NULL REFERENCES adapters(id) ON DELETE CASCADE,"
+        " community TEXT NOT NULL REFERENCES communities(name),"
+        " settings TEXT NOT NULL,"  # JSON
+        " result TEXT NOT NULL,"  # JSON: the figures the report and the gate show
+        " extractable INTEGER NOT NULL,"  # training texts the aligned model reproduced
+        " created_at REAL NOT NULL)"
+    )
+
+
 # Append only.  MIGRATIONS[i] upgrades a store from version i to version i + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_documents, _v2_llm_calls, _v3_topics, _v4_instructions,
     _v5_teacher_rows, _v6_adapters, _v7_survey_answers,
     _v8_outside_surveys, _v9_instrument_answers, _v10_fidelity,
     _v11_fidelity_judgments, _v12_stage_results, _v13_asked,
-    _v14_topic_settings, _v15_imports]
+    _v14_topic_settings, _v15_imports, _v16_audits]
 SCHEMA_VERSION = len(MIGRATIONS)

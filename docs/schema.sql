@@ -1,10 +1,14 @@
--- The store's schema, version 15, as a fresh store gets it from
+-- The store's schema, version 16, as a fresh store gets it from
 -- cci_local/migrations.py.  Written by `python tests/test_architecture.py --schema`;
 -- tests/test_architecture.py fails when it no longer matches.
 
 CREATE TABLE adapters ( id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, community TEXT NOT NULL REFERENCES communities(name), base TEXT NOT NULL, base_identity TEXT NOT NULL, trainer TEXT NOT NULL, data_hash TEXT NOT NULL, examples INTEGER NOT NULL, settings TEXT NOT NULL, status TEXT NOT NULL CHECK (status IN ('training', 'done')), steps INTEGER, total_steps INTEGER, final_loss REAL, path TEXT NOT NULL, gguf TEXT, modelfile TEXT, created_at REAL NOT NULL, finished_at REAL);
 
 CREATE TABLE asked ( id INTEGER PRIMARY KEY, kind TEXT NOT NULL CHECK (kind IN ('open', 'choice', 'chat')), session INTEGER, turn INTEGER, question TEXT NOT NULL, options TEXT, respondent TEXT NOT NULL, model TEXT NOT NULL, adapter TEXT, sampling TEXT NOT NULL, text TEXT, distribution TEXT, call_id INTEGER, created_at REAL NOT NULL);
+
+CREATE TABLE audit_items ( adapter_id INTEGER NOT NULL REFERENCES adapters(id) ON DELETE CASCADE, params TEXT NOT NULL, test TEXT NOT NULL CHECK (test IN ('extract', 'loss')), model TEXT NOT NULL CHECK (model IN ('aligned', 'base')), instruction_id INTEGER NOT NULL REFERENCES instructions(id) ON DELETE CASCADE, split TEXT NOT NULL CHECK (split IN ('train', 'test')), value REAL NOT NULL, detail INTEGER, PRIMARY KEY (adapter_id, params, test, model, instruction_id));
+
+CREATE TABLE audits ( id INTEGER PRIMARY KEY, adapter_id INTEGER NOT NULL REFERENCES adapters(id) ON DELETE CASCADE, community TEXT NOT NULL REFERENCES communities(name), settings TEXT NOT NULL, result TEXT NOT NULL, extractable INTEGER NOT NULL, created_at REAL NOT NULL);
 
 CREATE TABLE chunk_rows ( id INTEGER PRIMARY KEY, topic_id INTEGER NOT NULL REFERENCES topics(id) ON DELETE CASCADE, row_number INTEGER NOT NULL, UNIQUE (topic_id, row_number));
 

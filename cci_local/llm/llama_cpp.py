@@ -347,6 +347,31 @@ class LlamaCppBackend(Backend):
                 total += float(logprobs[np.arange(len(chunk)), targets].sum())
         return total, len(ids)
 
+    def tokenize(self, text: str) -> list[int]:
+        """``text``'s tokens as the model reads them inside a reply (no BOS)."""
+        return self.model.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def greedy_continuation(self, messages: Messages, prefix: list[int], target: list[int]
+                            ) -> int:
+        """How many of ``target``'s tokens greedy decoding reproduces, in order, after
+        the prompt and the reply's first tokens ``prefix`` (stops at the first
+        mismatch): ``len(target)`` means the text was extracted word for word."""
+        import numpy as np
+
+        with self._lock:
+            llm = self.llm
+            tokens = self.prompt_tokens(messages) + list(prefix)
+            self._check_fits(len(tokens), len(target))
+            self._eval_prompt(tokens)
+            matched = 0
+            for want in target:
+                if int(np.argmax(self._logits_last())) != want:
+                    break
+                matched += 1
+                if matched < len(target):
+                    llm.eval([want])
+        return matched
+
     def last_logits(self, messages: Messages):
         """The next-token logits after the prompt (numpy, vocabulary-sized)."""
         with self._lock:
