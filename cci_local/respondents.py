@@ -72,15 +72,14 @@ def labels(community: str) -> list[str]:
 
 def newest_adapter(db: sqlite_utils.Database, community: str, resolved) -> dict | None:
     """The community's newest finished adapter trained on the base ``resolved``
-    (train.resolve_base): its row (gguf, path, settings), or None."""
+    (train.resolve_base): its whole ``adapters`` row, or None."""
     from .train import base_identity
 
-    row = db.execute("SELECT gguf, path, settings FROM adapters WHERE community = ? AND"
-                     " status = 'done' AND base_identity = ? ORDER BY id DESC LIMIT 1",
-                     [community, base_identity(db, resolved)]).fetchone()
-    if row is None or not row[0]:
-        return None
-    return dict(zip(("gguf", "path", "settings"), row, strict=True))
+    cur = db.execute("SELECT * FROM adapters WHERE community = ? AND status = 'done'"
+                     " AND base_identity = ? AND gguf IS NOT NULL ORDER BY id DESC LIMIT 1",
+                     [community, base_identity(db, resolved)])
+    row = cur.fetchone()
+    return None if row is None else dict(zip([d[0] for d in cur.description], row, strict=True))
 
 
 def aligned_backend(db: sqlite_utils.Database, community: str, base: str,

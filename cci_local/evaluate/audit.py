@@ -130,42 +130,20 @@ def tpr_at_fpr(members, others, fpr: float = 0.01) -> float:
 # ------------------------------------------------------------------------ the texts
 
 
-def _texts(db, community: str, kinds: list[str], split: str) -> list[dict]:
-    rows = db.execute(
-        "SELECT i.id, i.kind, i.source, i.question, a.answer FROM instructions i"
-        " JOIN community_answers a ON a.instruction_id = i.id WHERE a.community = ?"
-        f" AND i.kind IN ({','.join('?' * len(kinds))}) AND i.split = ? ORDER BY i.id",
-        [community, *kinds, split]).fetchall()
-    return [{"id": i, "kind": kind,
-             "document_id": source.removeprefix("template:") if kind == "template" else None,
-             "question": q, "answer": a} for i, kind, source, q, a in rows]
-
-
 def training_texts(db, adapter: dict) -> list[dict]:
     """The texts ``adapter`` was trained on, rebuilt from the store as train() chose
     them; AuditError when they no longer hash to what it was trained on."""
-    from ..train.data import data_hash
+    from ..train.data import data_hash, training_rows
 
     settings = json.loads(adapter["settings"])
-    kinds = settings.get("kinds", ["open"])
-    rows = _texts(db, adapter["community"], kinds, "train")
-    if len(rows) > adapter["examples"]:  # train() kept a seeded sample (max_examples)
-        keep = np.sort(np.random.default_rng(settings.get("seed", 0))
-                       .permutation(len(rows))[:adapter["examples"]])
-        rows = [rows[i] for i in keep]
+    rows = training_rows(db, adapter["community"], tuple(settings.get("kinds", ["open"])),
+                         "train", adapter["examples"], settings.get("seed", 0))
     if data_hash([(r["question"], r["answer"]) for r in rows]) != adapter["data_hash"]:
         raise AuditError(
             f"r/{adapter['community']}'s training texts in the store are no longer the ones "
             f"adapter {adapter['id']} was trained on (their hash differs: the data changed, "
             "or it was trained on the unseen-topic split): train it again, then audit")
     return rows
-
-
-def _sample(rows: list, n: int, seed: int) -> list:
-    if len(rows) <= n:
-        return rows
-    keep = np.sort(np.random.default_rng(seed).permutation(len(rows))[:n])
-    return [rows[i] for i in keep]
 
 
 # ------------------------------------------------------------------------ the audit
@@ -181,6 +159,7 @@ def audit(db: sqlite_utils.Database, community: str, base: str = "embedded",
     from ..respondents import newest_adapter
     from ..store import find_community
     from ..train import resolve_base
+    from ..train.data import seeded_sample, training_rows
 
     options = options or AuditOptions()
     name = find_community(db, community)
@@ -190,16 +169,13 @@ def audit(db: sqlite_utils.Database, community: str, base: str = "embedded",
     if resolved.gguf is None:
         raise AuditError(f"{base} is a Hugging Face folder: the audit runs the GGUF base with "
                          "its GGUF adapter; pass --base embedded or --base gguf:PATH")
-    found = newest_adapter(db, name, resolved)
-    if found is None:
+    adapter = newest_adapter(db, name, resolved)
+    if adapter is None:
         raise AuditError(f"r/{name} has no adapter on {base}: train it first "
                          f"(`cci-local train r/{name}`)")
-    cur = db.execute("SELECT * FROM adapters WHERE gguf = ? AND status = 'done'"
-                     " ORDER BY id DESC LIMIT 1", [found["gguf"]])
-    adapter = dict(zip([d[0] for d in cur.description], cur.fetchone(), strict=True))
     train_rows = training_texts(db, adapter)
     kinds = json.loads(adapter["settings"]).get("kinds", ["open"])
-    held_rows = _sample(_texts(db, name, kinds, "test"), options.held_out, options.seed)
+    held_rows = training_rows(db, name, tuple(kinds), "test", options.held_out, options.seed)
     result = AuditResult(name, adapter["id"], options)
 
     done = {(t, m, i): (v, d) for t, m, i, v, d in db.execute(
@@ -209,7 +185,7 @@ def audit(db: sqlite_utils.Database, community: str, base: str = "embedded",
     models = {"base": base_model,
               "aligned": base_model.with_adapter(adapter["gguf"], spec=f"{base}+adapter")}
     try:
-        candidates = _sample(train_rows, options.samples, options.seed)
+        candidates = seeded_sample(train_rows, options.samples, options.seed)
         jobs = [("extract", m, r, "train") for r in candidates for m in models] + \
                [("loss", m, r, split) for rows, split in ((candidates, "train"),
                                                            (held_rows, "test"))

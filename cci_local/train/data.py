@@ -11,22 +11,41 @@ import sqlite_utils
 IGNORE = -100  # label of a token the loss skips (the prompt)
 
 
-def training_pairs(db: sqlite_utils.Database, community: str, kinds: tuple[str, ...] = ("open",),
-                   split: str = "train", max_examples: int | None = None,
-                   seed: int = 0, split_by: str = "random") -> list[tuple[str, str]]:
-    """(question, this community's answer) for its ``kinds`` pairs in ``split``, in a
-    stable order; ``max_examples`` keeps a seeded sample.  ``split_by`` 'topic'
-    reads the unseen-topic split, so an adapter never sees a held-out topic."""
+def seeded_sample(rows: list, n: int | None, seed: int) -> list:
+    """``n`` of ``rows`` chosen by ``seed``, in their original order (all when ``n`` is
+    None or not fewer): the one sampling rule train, export and the audit share."""
+    if n is None or len(rows) <= n:
+        return list(rows)
+    keep = np.sort(np.random.default_rng(seed).permutation(len(rows))[:n])
+    return [rows[i] for i in keep]
+
+
+def training_rows(db: sqlite_utils.Database, community: str, kinds: tuple[str, ...] = ("open",),
+                  split: str = "train", max_examples: int | None = None,
+                  seed: int = 0, split_by: str = "random") -> list[dict]:
+    """This community's ``kinds`` pairs in ``split`` as dicts (id, kind, document_id for a
+    template pair, question, answer), in a stable order; ``max_examples`` keeps a seeded
+    sample.  ``split_by`` 'topic' reads the unseen-topic split, so an adapter never sees
+    a held-out topic."""
     column = {"random": "i.split", "topic": "coalesce(i.split_by_topic, i.split)"}[split_by]
     marks = ",".join("?" * len(kinds))
     rows = db.execute(
-        "SELECT i.question, a.answer FROM instructions i JOIN community_answers a"
-        f" ON a.instruction_id = i.id WHERE a.community = ? AND i.kind IN ({marks})"
-        f" AND {column} = ? ORDER BY i.id", [community, *kinds, split]).fetchall()
-    if max_examples is not None and len(rows) > max_examples:
-        keep = np.sort(np.random.default_rng(seed).permutation(len(rows))[:max_examples])
-        rows = [rows[i] for i in keep]
-    return [(q, a) for q, a in rows]
+        "SELECT i.id, i.kind, i.source, i.question, a.answer FROM instructions i"
+        " JOIN community_answers a ON a.instruction_id = i.id WHERE a.community = ?"
+        f" AND i.kind IN ({marks}) AND {column} = ? ORDER BY i.id",
+        [community, *kinds, split]).fetchall()
+    return seeded_sample([
+        {"id": i, "kind": kind,
+         "document_id": source.removeprefix("template:") if kind == "template" else None,
+         "question": q, "answer": a} for i, kind, source, q, a in rows], max_examples, seed)
+
+
+def training_pairs(db: sqlite_utils.Database, community: str, kinds: tuple[str, ...] = ("open",),
+                   split: str = "train", max_examples: int | None = None,
+                   seed: int = 0, split_by: str = "random") -> list[tuple[str, str]]:
+    """(question, this community's answer) of training_rows(): what train() trains on."""
+    return [(r["question"], r["answer"]) for r in training_rows(
+        db, community, kinds, split, max_examples, seed, split_by)]
 
 
 def data_hash(pairs: list[tuple[str, str]]) -> str:
