@@ -38,6 +38,7 @@ check: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python benchmarks/bench_pii.py
 	$(BIN)/python benchmarks/bench_backends.py
 	$(BIN)/python benchmarks/bench_build.py
 	$(BIN)/python benchmarks/bench_topics.py
@@ -47,6 +48,9 @@ bench: install
 	$(BIN)/python benchmarks/bench_survey.py
 	$(BIN)/python benchmarks/bench_fidelity.py
 	$(BIN)/python benchmarks/bench_adapters.py
+	$(BIN)/python benchmarks/bench_leakage.py
+	$(BIN)/python benchmarks/bench_mitigations.py dedup
+	$(BIN)/python benchmarks/bench_mitigations.py
 
 lint: install
 	$(BIN)/ruff check .

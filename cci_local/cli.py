@@ -12,6 +12,7 @@ import click
 from rich.markup import escape
 
 from . import __version__
+from .commands.adapters import adapters_group
 from .commands.ask import ask_cmd, chat_cmd
 from .commands.audit import audit_cmd
 from .commands.common import Context, console
@@ -23,6 +24,7 @@ from .commands.models import doctor, models, prompt
 from .commands.psychometrics import psychometrics_cmd
 from .commands.report import export_cmd, report_cmd
 from .commands.run import collect_cmd, run_cmd
+from .commands.scrub import scrub_cmd
 from .commands.serve import serve_cmd
 from .commands.survey import survey_cmd
 from .commands.topics import topics
@@ -53,8 +55,8 @@ def cli(ctx, db_path):
 
 
 # In pipeline order, then the tools around it.
-for command in (run_cmd, collect_cmd, ingest_cmd, status, topics, generate, train_cmd,
+for command in (run_cmd, collect_cmd, ingest_cmd, scrub_cmd, status, topics, generate, train_cmd,
                 survey_cmd, psychometrics_cmd, fidelity_cmd, audit_cmd, ask_cmd, chat_cmd,
                 serve_cmd,
-                report_cmd, export_cmd, import_cmd, prompt, models, doctor):
+                report_cmd, export_cmd, adapters_group, import_cmd, prompt, models, doctor):
     cli.add_command(command)

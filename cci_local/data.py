@@ -61,6 +61,7 @@ def find_data(db: sqlite_utils.Database, db_path: Path, names: list[str], option
                      only=names)
         added += rep.total("added")
         _say_left(rep, log)
+        _say_pii(rep, log)
     for name in names:
         files = find_dumps(folder, name)
         if not files and not options.corpus and not _documents(db, name):
@@ -68,6 +69,7 @@ def find_data(db: sqlite_utils.Database, db_path: Path, names: list[str], option
         if files:
             rep = ingest(db, [str(p) for p in files], limit=options.limit, force=force)
             added += rep.total("added")
+            _say_pii(rep, log)
     counts = {n: _documents(db, n) for n in names}
     missing = [n for n, c in counts.items() if not c]
     if missing:
@@ -86,6 +88,15 @@ def _say_left(rep, log) -> None:
         log(f"note: skipped {other:,} records of communities not asked for")
     for s in rep.empty:
         log(f"warning: {s.path}: {s.note}")
+
+
+def _say_pii(rep, log) -> None:
+    """How much personal data ingest replaced by placeholders (docs/method.md#pii-on-ingest)."""
+    from .ingest.pii import describe_counts
+
+    replaced = rep.pii()
+    if replaced:
+        log(f"note: scrubbed PII: {describe_counts(replaced)}")
 
 
 def _documents(db, name: str) -> int:

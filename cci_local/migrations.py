@@ -347,11 +347,18 @@ def _v15_imports(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE instructions ADD COLUMN topic_label TEXT")
 
 
+def _v17_source_pii(db: sqlite_utils.Database) -> None:
+    # Personal data replaced by placeholders per source file (docs/method.md#pii-on-ingest):
+    # JSON {entity: count}, set by ingest for its read of the file and added to by
+    # `cci-local scrub`; NULL while the file's texts are stored as read (--keep-pii).
+    db.execute("ALTER TABLE sources ADD COLUMN pii TEXT")
+
+
 # Append only.  MIGRATIONS[i] upgrades a store from version i to version i + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_documents, _v2_llm_calls, _v3_topics, _v4_instructions,
     _v5_teacher_rows, _v6_adapters, _v7_survey_answers,
     _v8_outside_surveys, _v9_instrument_answers, _v10_fidelity,
     _v11_fidelity_judgments, _v12_stage_results, _v13_asked,
-    _v14_topic_settings, _v15_imports, _v16_audits]
+    _v14_topic_settings, _v15_imports, _v16_audits, _v17_source_pii]
 SCHEMA_VERSION = len(MIGRATIONS)

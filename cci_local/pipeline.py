@@ -30,7 +30,8 @@ from .llm import USAGE
 from .rss import peak_rss_mb, release, reset_peak
 from .store import normalise_community
 
-STAGES = ("data", "topics", "generate", "train", "survey", "fidelity", "psychometrics", "report")
+STAGES = ("data", "topics", "generate", "train", "survey", "fidelity", "psychometrics", "audit",
+          "report")
 FORCEABLE = ("ingest", "topics", "train")
 
 
@@ -58,6 +59,7 @@ class RunOptions:
     max_len: int | None = None  # None: the longest pair
     memory: float | None = None  # GiB for training (default: a safe share of the device)
     max_examples: int | None = None
+    dedup: str = "near"  # training: duplicate answers removed first (none, exact, near)
     scoring: str = "letter"  # survey and psychometrics: letter (the paper's) or text
     samples: int = 50  # fidelity: generated answers per model
     real: int = 200  # fidelity: real documents compared
@@ -65,6 +67,7 @@ class RunOptions:
     instrument: str | None = None  # psychometrics: an instrument file or shipped name
     items: str | None = None  # its item bank, where it leaves item texts out
     prefixes: int | None = None  # psychometrics: persona prefixes used
+    audit_samples: int = 64  # privacy audit: training (and held-out) texts tested
     seed: int = 0
     force: frozenset[str] = frozenset()  # stages in FORCEABLE to redo
     until: str | None = None  # stop after this stage
@@ -78,7 +81,7 @@ class RunOptions:
         prefixes.  Figures from it show the machinery works, nothing about a community."""
         quick = dict(max_rows=4, kinds=("open", "template"), steps=8, batch_size=8,
                      micro_batch=4, max_len=256, max_examples=256, scoring="text", samples=10,
-                     real=50, prefixes=2)
+                     real=50, prefixes=2, audit_samples=12)
         return cls(**(quick | changes))
 
 
@@ -243,12 +246,12 @@ def check_memory(db, names: list[str], options: RunOptions) -> list[str]:
         return [f"note: no memory plan for training: {e}"]
     config = TrainConfig(steps=options.steps, epochs=options.epochs,
                          batch_size=options.batch_size, micro_batch=options.micro_batch,
-                         max_len=options.max_len, seed=options.seed)
+                         max_len=options.max_len, seed=options.seed, dedup=options.dedup)
     lines = []
     for name in names:
         stored = find_community(db, name)
         pairs = training_pairs(db, stored, options.kinds, max_examples=options.max_examples,
-                               seed=options.seed) if stored else []
+                               seed=options.seed, dedup=options.dedup) if stored else []
         counts = None
         if not pairs:
             length = options.max_len or 1024
@@ -358,7 +361,7 @@ def _train(db, state, outcome) -> bool:
     names, options, progress = state["names"], state["options"], state["progress"]
     config = TrainConfig(steps=options.steps, epochs=options.epochs,
                          batch_size=options.batch_size, micro_batch=options.micro_batch,
-                         max_len=options.max_len, seed=options.seed)
+                         max_len=options.max_len, seed=options.seed, dedup=options.dedup)
     trained, parts = False, []
     for name in names:
         shown = set()
@@ -459,6 +462,42 @@ def _psychometrics(db, state, outcome) -> bool | None:
     return None
 
 
+def _audit(db, state, outcome) -> bool | None:
+    from .evaluate.audit import AuditError, AuditOptions, audit
+    from .train import resolve_base
+
+    names, options = state["names"], state["options"]
+    base = _base(options)
+    if resolve_base(base).gguf is None:
+        outcome.status = "skipped"
+        outcome.summary = (f"{base} is a Hugging Face folder: the audit runs a GGUF base "
+                           "(`cci-local audit --base gguf:PATH`)")
+        return False
+    settings = AuditOptions(samples=options.audit_samples, held_out=options.audit_samples,
+                            seed=options.seed)
+    parts = []
+    for name in names:
+        def progress(kind, n, name=name):
+            if kind == "total":
+                state["progress"]("phase", (f"audit r/{name}", n))
+            else:
+                state["progress"]("advance", n)
+        try:
+            result = audit(db, name, base, settings, progress=progress)
+        except AuditError as e:
+            raise PipelineError(f"audit r/{name}: {e}") from e
+        ext, lk = result.extraction["aligned"], result.leakage["aligned"]
+        parts.append(f"r/{name} extracted {round(ext.value * ext.n)}/{ext.n} (base "
+                     f"{round(result.extraction['base'].value * ext.n)}), longest shared span "
+                     f"{lk['longest']} chars")
+        outcome.notes += result.notes
+        if result.extracted:
+            outcome.notes.append(f"r/{name}'s adapter reproduces training texts: `serve` and "
+                                 "`adapters export` refuse it without --allow-leaky")
+    outcome.summary = "; ".join(parts)
+    return None
+
+
 def _report(db, state, outcome) -> bool:
     """Rewritten when an earlier stage did anything new, or a report file is missing."""
     from .report import write_report
@@ -476,7 +515,7 @@ def _report(db, state, outcome) -> bool:
 
 _STEPS = {"data": _data, "topics": _topics, "generate": _generate, "train": _train,
           "survey": _survey, "fidelity": _fidelity, "psychometrics": _psychometrics,
-          "report": _report}
+          "audit": _audit, "report": _report}
 
 __all__ = ["FORCEABLE", "STAGES", "PipelineError", "RunOptions", "RunReport", "StageOutcome",
            "dumps_folder", "find_dumps", "report_paths", "run_pipeline"]

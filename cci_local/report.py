@@ -122,6 +122,7 @@ def build_report(db: sqlite_utils.Database, communities: list[str] | None = None
     _topics(doc, db, names)
     _examples(doc, db, names)
     _training(doc, db, names, plots)
+    _privacy(doc, db, names)
     _survey(doc, db, names, plots)
     _fidelity(doc, db, names, plots)
     _psychometrics(doc, db, names, plots)
@@ -227,6 +228,41 @@ def _training(doc: Doc, db, names: list[str], plots: bool) -> None:
     fields = ("id", "community", "base", "trainer", "examples", "steps", "total_steps",
               "final_loss", "gguf", "status")
     doc.data["training"] = [dict(zip(fields, r, strict=True)) for r in rows]
+
+
+def _privacy(doc: Doc, db, names: list[str]) -> None:
+    """Each community's newest adapter and its newest privacy audit (cci-local audit)."""
+    from .gate import newest_audits
+
+    doc.h(2, "Privacy audit")
+    doc.data["privacy"] = newest_audits(db, names)
+    rows = []
+    for entry in doc.data["privacy"]:
+        name, audit = entry["community"], entry["audit"]
+        if audit is None:
+            rows.append([f"r/{name}", entry["adapter_id"], "-", "-", "-", "-", "-",
+                         "not audited"])
+            continue
+        ext, mem, lk = audit["extraction"], audit["membership"], audit.get("leakage") or {}
+        rows.append([
+            f"r/{name}", entry["adapter_id"], _ci(ext.get("aligned")), _ci(ext.get("base")),
+            _ci(mem.get("auc")),
+            f"{lk['aligned']['longest']} ({lk['base']['longest']})" if lk else "-",
+            _ci(lk["aligned"]["share"]) if lk else "-",
+            f"{len(entry['leaked'])} texts reproduced: refused by serve and export"
+            if entry["leaked"] else "none extracted"])
+    if not rows:
+        doc.p("No adapter trained yet.")
+        return
+    doc.p("What each community's adapter gives away of its training texts, measured by "
+          "`cci-local audit`: extraction (a prefix of a training answer; does greedy decoding "
+          "reproduce what follows?) for the adapter and the base as control; membership "
+          "inference (AUC of the base-calibrated loss; 0.5: nothing can be told); and the "
+          "longest span its free answers share with any stored post (characters). Intervals "
+          "are Wilson or bootstrap 95%.")
+    doc.table("Privacy audit of each community's newest adapter",
+              ["community", "adapter", "extracted", "base extracted", "membership AUC",
+               "longest shared span (base)", "answers over the span limit", "verdict"], rows)
 
 
 def _training_data(doc: Doc, db, names: list[str]) -> None:

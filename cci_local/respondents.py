@@ -138,12 +138,10 @@ def check_adapters_load(db: sqlite_utils.Database, base: str) -> None:
     try:
         resolved = resolve_base(base)
     except TrainError as e:
-        modelfiles = [m for (m,) in db.execute(
-            "SELECT modelfile FROM adapters WHERE status = 'done' AND modelfile IS NOT NULL"
-            " ORDER BY id DESC")]
-        hint = (f" Training wrote an Ollama Modelfile per community (e.g. {modelfiles[0]}): "
-                "`ollama create NAME -f MODELFILE`, then `cci-local prompt ollama:NAME ...`."
-                if modelfiles else "")
+        trained = db.execute("SELECT 1 FROM adapters WHERE status = 'done' LIMIT 1").fetchone()
+        hint = (" For Ollama: `cci-local adapters export COMMUNITY -o DIR` writes a Modelfile "
+                "(past the privacy audit); `ollama create NAME -f DIR/COMMUNITY/Modelfile`, "
+                "then `cci-local prompt ollama:NAME ...`." if trained else "")
         raise NoAdapter(f"{base} cannot load a community's LoRA adapter here ({e}).{hint}") \
             from e
     if resolved.gguf is None:

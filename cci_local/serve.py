@@ -38,6 +38,7 @@ class Served:
     adapter: Path  # the GGUF LoRA
     peft: Path | None  # the PEFT folder (vLLM), when the trainer wrote one
     rank: int | None
+    adapter_id: int = 0  # its adapters row, for the privacy gate
 
 
 def served_models(db: sqlite_utils.Database, communities: list[str], base: str,
@@ -58,7 +59,8 @@ def served_models(db: sqlite_utils.Database, communities: list[str], base: str,
         peft = Path(adapter["path"]) / "peft"
         rank = json.loads(adapter["settings"] or "{}").get("rank")
         out.append(Served(c, pattern.replace("{community}", c), Path(adapter["gguf"]),
-                          peft if (peft / "adapter_config.json").is_file() else None, rank))
+                          peft if (peft / "adapter_config.json").is_file() else None, rank,
+                          adapter["id"]))
     names = [s.name for s in out]
     if len(set(names)) < len(names) or BASE_NAME in names:
         raise NoAdapter(f"the name pattern {pattern!r} gives {names}: each community needs "

@@ -1,4 +1,4 @@
--- The store's schema, version 16, as a fresh store gets it from
+-- The store's schema, version 17, as a fresh store gets it from
 -- cci_local/migrations.py.  Written by `python tests/test_architecture.py --schema`;
 -- tests/test_architecture.py fails when it no longer matches.
 
@@ -52,7 +52,7 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
 
 CREATE TABLE pipeline_runs ( id INTEGER PRIMARY KEY, communities TEXT NOT NULL, settings TEXT NOT NULL, stages TEXT, model_calls INTEGER, seconds REAL, status TEXT NOT NULL, created_at REAL NOT NULL);
 
-CREATE TABLE sources ( id INTEGER PRIMARY KEY, path TEXT NOT NULL, fingerprint TEXT NOT NULL, size INTEGER, format TEXT, started_at REAL, finished_at REAL, complete INTEGER NOT NULL DEFAULT 0, records INTEGER NOT NULL DEFAULT 0, added INTEGER NOT NULL DEFAULT 0, bad INTEGER NOT NULL DEFAULT 0, UNIQUE (path, fingerprint));
+CREATE TABLE sources ( id INTEGER PRIMARY KEY, path TEXT NOT NULL, fingerprint TEXT NOT NULL, size INTEGER, format TEXT, started_at REAL, finished_at REAL, complete INTEGER NOT NULL DEFAULT 0, records INTEGER NOT NULL DEFAULT 0, added INTEGER NOT NULL DEFAULT 0, bad INTEGER NOT NULL DEFAULT 0, pii TEXT, UNIQUE (path, fingerprint));
 
 CREATE TABLE stage_results ( stage TEXT NOT NULL, scope TEXT NOT NULL, settings TEXT NOT NULL, result TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (stage, scope));
 

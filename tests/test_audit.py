@@ -34,8 +34,10 @@ CANARY = ("the violet lighthouse keeper Quimby Ostrander counts 4817 brass marbl
           "Tuesday at dawn before feeding his seven grey herons")
 TRAIN = ("train", "keto", "--kind", "template", "--max-examples", "32", "--steps", "16",
          "--lr", "3e-3", "--batch-size", "8", "--micro-batch", "8", "--max-len", "96",
-         "--rank", "8", "--alpha", "16")
-OPTIONS = AuditOptions(samples=32, prefix=8, suffix=16, held_out=24)
+         "--rank", "8", "--alpha", "16", "--dedup", "none")  # no mitigation: the bare risk
+# free answers of 128 tokens (the default); a span of 60 characters counts (the canary
+# is 126; the trained model was seen to write 84 of it, unprompted by any prefix)
+OPTIONS = AuditOptions(samples=32, prefix=8, suffix=16, held_out=24, min_chars=60)
 
 
 def test_wilson_interval_is_sound_at_zero_and_at_all():
@@ -72,6 +74,9 @@ def _trained(folder, planted: int):
     with db.conn:
         db.conn.executemany("UPDATE community_answers SET answer = ? WHERE instruction_id = ?"
                             " AND community = 'keto'", [(CANARY, i) for i in chosen])
+        # the posts those template pairs copy say it too (free answers are matched to posts)
+        db.conn.executemany("UPDATE documents SET text = ? WHERE id = (SELECT substr(source, 10)"
+                            " FROM instructions WHERE id = ?)", [(CANARY, i) for i in chosen])
     db.conn.close()
     cci(*TRAIN, db=db_path)
     return open_store(db_path), chosen
@@ -86,27 +91,43 @@ def test_audit_finds_a_planted_canary_and_only_then(tmp_path):
     assert not any(e["base_also"] for e in result.extracted if e["instruction_id"] in planted)
     assert result.extraction["aligned"].value >= 8 / 32
     assert result.extraction["base"].value < result.extraction["aligned"].low
+    # free answers were checked against every post through the span index (its accuracy
+    # is tested in test_leakage.py); whether the 135M model writes the canary unprompted
+    # is not reliable (84 characters in one run, 28-33 in others), so not asserted here
+    assert result.leakage["index"]["documents"] > 1000
+    assert result.leakage["base"]["share"].n == 32
     stored = latest_audit(db, result.adapter_id)
     assert stored["extractable"] == len(found)
 
-    # resumable: every model call's result is stored, a re-run makes none
+    # resumable: every model call's result is stored, a re-run makes none (nor a row)
     calls = db.execute("SELECT count(*) FROM audit_items").fetchone()[0]
     again = audit(db, "keto", "embedded", OPTIONS)
     assert db.execute("SELECT count(*) FROM audit_items").fetchone()[0] == calls
+    assert db.execute("SELECT count(*) FROM audits").fetchone()[0] == 1
     assert again.as_dict()["extraction"] == result.as_dict()["extraction"]
 
     # the CLI shows the documents by id, never an author
-    shown = cci("audit", "keto", "--samples", "32", "--held-out", "24", "-k", "8", "-m", "16",
-                db=tmp_path / "k8" / "a.db").stdout
+    args = ("--samples", "32", "--held-out", "24", "-k", "8", "-m", "16", "--min-chars", "60")
+    shown = cci("audit", "keto", *args, db=tmp_path / "k8" / "a.db").stdout
     assert "training texts extracted word for word" in shown and "document" in shown
-    as_json = json.loads(cci("audit", "keto", "--samples", "32", "--held-out", "24", "-k", "8",
-                             "-m", "16", "--json", db=tmp_path / "k8" / "a.db").stdout)
+    as_json = json.loads(cci("audit", "keto", *args, "--json", db=tmp_path / "k8" / "a.db").stdout)
     assert as_json["audits"][0]["extracted"]
+    # the gate: neither served nor exported with a Modelfile, unless --allow-leaky
+    refused = cci("serve", "keto", "--print", "--config", str(tmp_path / "s.json"),
+                  db=tmp_path / "k8" / "a.db", check=False)
+    assert refused.returncode == 2 and "refused to serve: r/keto's adapter" in refused.stderr
+    assert not (tmp_path / "s.json").exists()
+    refused = cci("adapters", "export", "keto", "-o", str(tmp_path / "out"),
+                  db=tmp_path / "k8" / "a.db", check=False)
+    assert refused.returncode == 2 and not (tmp_path / "out").exists()
 
     db0, _ = _trained(tmp_path / "k0", planted=0)
     clean = audit(db0, "keto", "embedded", OPTIONS)
     assert not clean.extracted, clean.as_dict()
     assert clean.extraction["aligned"].high < 0.15
+    passed = cci("adapters", "export", "keto", "-o", str(tmp_path / "out"), db=tmp_path / "k0"
+                 / "a.db").stdout
+    assert "extracted 0/" in passed and (tmp_path / "out" / "keto" / "Modelfile").is_file()
 
     # texts changed since training: the audit refuses and stores nothing
     audits = db0.execute("SELECT count(*) FROM audits").fetchone()[0]

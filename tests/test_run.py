@@ -26,7 +26,8 @@ SECRETS = {"OPENAI_API_KEY": "sk-cci-test-7f3a9c1e5b2d4f6a8c0e",
            "CCI_LOCAL_TEST_SECRET": "do-not-store-3e8d1f"}
 RUN = ["run", "r/keto", "r/nutrition", "--corpus", str(CORPUS_2022), "--limit", "1000",
        "--quick", "--max-rows", "2", "--steps", "2", "--samples", "5", "--real", "20",
-       "--no-judges", "--instrument", "weight-concerns", "--prefixes", "1", "--json"]
+       "--no-judges", "--instrument", "weight-concerns", "--prefixes", "1", "--audit-samples",
+       "4", "--json"]
 
 
 def _guarded_env(tmp_path: Path) -> dict:
@@ -71,7 +72,7 @@ def test_run_end_to_end_offline_then_again_with_no_model_call(tmp_path):
     report = json.loads(first.stdout)
     stages = {s["stage"]: s for s in report["stages"]}
     assert list(stages) == ["data", "topics", "generate", "train", "survey", "fidelity",
-                            "psychometrics", "report"]
+                            "psychometrics", "audit", "report"]
     # The survey runs on the held-out rows' multiple-choice questions; the embedded
     # teacher does not always write one for the single held-out row asked here.
     assert stages["survey"]["status"] in ("ran", "skipped"), report
@@ -96,12 +97,15 @@ def test_run_end_to_end_offline_then_again_with_no_model_call(tmp_path):
     data = json.loads(js.read_text())
     assert data["communities"] == ["keto", "nutrition"]
     assert {"corpus", "topics", "examples", "training", "survey", "fidelity",
-            "psychometrics"} <= set(data)
+            "psychometrics", "privacy"} <= set(data)
+    assert [p["community"] for p in data["privacy"]] == ["keto", "nutrition"]
+    assert all(p["audit"]["extraction"]["aligned"]["n"] >= 0 for p in data["privacy"])
+    assert one("SELECT count(*) FROM audits") == 2
     assert {f["community"] for f in data["fidelity"]} == {"keto", "nutrition"}
     page = html.read_text()
     assert page.count('src="data:image/png;base64,') >= 3  # loss, emotions, scores at least
-    for heading in ("Corpus", "Topics", "Example instruction pairs", "Training", "Survey",
-                    "Fidelity", "Psychometrics"):
+    for heading in ("Corpus", "Topics", "Example instruction pairs", "Training",
+                    "Privacy audit", "Survey", "Fidelity", "Psychometrics"):
         assert f"<h2>{heading}</h2>" in page and f"## {heading}" in md.read_text()
     figures = re.findall(r"\]\((study-report_files/[\w-]+\.png)\)", md.read_text())
     assert figures and all((tmp_path / f).stat().st_size > 1000 for f in figures)
@@ -114,6 +118,7 @@ def test_run_end_to_end_offline_then_again_with_no_model_call(tmp_path):
     assert all(s["status"] in ("done before", "skipped") for s in again["stages"]), again
     assert seconds < 30, f"the second run took {seconds:.1f} s"
     assert one("SELECT count(*) FROM adapters") == 2
+    assert one("SELECT count(*) FROM audits") == 2  # the same figures: no second row
     assert (tmp_path / "refused.log").read_text() == ""
 
     # Privacy: no raw username and no secret anywhere in what the run wrote.

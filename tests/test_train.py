@@ -140,7 +140,7 @@ def test_adapter_moves_the_model_toward_the_community(trained):
 
 
 @pytest.mark.slow
-def test_adapter_is_registered_with_its_curve_and_modelfile(trained):
+def test_adapter_is_registered_with_its_curve_and_exported_with_a_modelfile(trained):
     import gguf
 
     db = trained["db"]
@@ -163,8 +163,16 @@ def test_adapter_is_registered_with_its_curve_and_modelfile(trained):
     names = {t.name for t in reader.tensors}
     assert "blk.0.attn_q.weight.lora_a" in names and "blk.29.ffn_down.weight.lora_b" in names
     assert len(names) == 30 * 7 * 2
-    lines = open(trained["modelfile"]).read().splitlines()
-    assert lines == [f"FROM {embedded_model_path().resolve()}", f"ADAPTER {trained['gguf']}"]
+    # the Modelfile is written past the privacy gate only (no audit ran: it says so)
+    assert trained["modelfile"] is None
+    shared = trained["db_path"].parent / "shared"
+    exported = cci("adapters", "export", "keto", "-o", str(shared), db=trained["db_path"])
+    assert "no privacy audit has run" in exported.stdout
+    lines = (shared / "keto" / "Modelfile").read_text().splitlines()
+    assert lines == [f"FROM {embedded_model_path().resolve()}",
+                     f"ADAPTER {shared / 'keto' / 'adapter.gguf'}"]
+    assert (shared / "keto" / "adapter.gguf").read_bytes() == open(trained["gguf"], "rb").read()
+    assert (shared / "keto" / "peft" / "adapter_config.json").is_file()
     assert "r/keto: trained on 32 examples, 12 steps" in trained["output"].stdout
     listed = cci("models", db=trained["db_path"]).stdout
     assert "adapters in" in listed and "12/12" in listed

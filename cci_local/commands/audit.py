@@ -21,24 +21,32 @@ from .common import base_option, ci, fail, json_option, json_or_notes, out, seed
               help="Tokens of a training answer given to the model.")
 @click.option("--suffix", "-m", type=click.IntRange(min=1), default=32, show_default=True,
               help="Tokens that must follow exactly for the text to count as extracted.")
+@click.option("--min-chars", type=click.IntRange(min=20), default=80, show_default=True,
+              help="A free answer sharing a span this long with a stored post counts as "
+              "leaking it.")
+@click.option("--max-tokens", type=click.IntRange(min=8), default=128, show_default=True,
+              help="Length of each free answer checked for spans of posts.")
 @seed_option
 @json_option("the figures")
 @click.pass_obj
-def audit_cmd(obj, communities, base, samples, held_out, prefix, suffix, seed, as_json):
+def audit_cmd(obj, communities, base, samples, held_out, prefix, suffix, min_chars, max_tokens,
+              seed, as_json):
     """Audit each community's newest adapter before it is served or shared:
     extractable memorization (a k-token prefix of a training answer; does greedy
     decoding reproduce the next m tokens?) for the aligned model and the base as
     control, with Wilson 95% intervals; membership inference (AUC of the per-text
     loss, calibrated by the base's, at telling training texts from held-out ones,
-    and the true-positive rate at 1% false positives); the extracted texts by
-    instruction and document id, never by author."""
+    and the true-positive rate at 1% false positives); near-verbatim leakage in
+    free answers to the training questions (the longest span shared with any of
+    the community's stored posts, through a word n-gram index); the extracted
+    texts by instruction and document id, never by author."""
     from ..evaluate.audit import AuditError, AuditOptions, audit
     from ..llm import default_model
     from ..store import select_communities
 
     base = default_model("base", base)
     options = AuditOptions(samples=samples, prefix=prefix, suffix=suffix, held_out=held_out,
-                           seed=seed)
+                           seed=seed, min_chars=min_chars, max_tokens=max_tokens)
     results = []
     for name in select_communities(obj.db, list(communities)):
         try:
@@ -52,14 +60,18 @@ def audit_cmd(obj, communities, base, samples, held_out, prefix, suffix, seed, a
     table = Table(box=box.SIMPLE_HEAD, title=f"privacy audit (k={prefix}, m={suffix}; 95% "
                   "intervals)", title_justify="left")
     for column in ("community", "extracted: aligned", "extracted: base",
-                   "membership AUC (0.5 = none)", "AUC, raw loss", "TPR at 1% FPR"):
+                   "membership AUC (0.5 = none)", "AUC, raw loss", "TPR at 1% FPR",
+                   "free answers: longest span", f">= {min_chars} chars"):
         table.add_column(column)
     for r in results:
         m = r.membership
         table.add_row(f"r/{r.community}", ci(r.extraction["aligned"]), ci(r.extraction["base"]),
                       ci(m["auc"]) if "auc" in m else "-",
                       ci(m["auc_loss"]) if "auc_loss" in m else "-",
-                      f"{m['tpr_at_1pct_fpr']:.3f}" if "tpr_at_1pct_fpr" in m else "-")
+                      f"{m['tpr_at_1pct_fpr']:.3f}" if "tpr_at_1pct_fpr" in m else "-",
+                      f"{r.leakage['aligned']['longest']} (base {r.leakage['base']['longest']})",
+                      f"{ci(r.leakage['aligned']['share'])} (base "
+                      f"{r.leakage['base']['share'].value:.2f})")
     out.print(table)
     for r in results:
         if r.extracted:
@@ -70,3 +82,12 @@ def audit_cmd(obj, communities, base, samples, held_out, prefix, suffix, seed, a
         else:
             out.print(f"r/{r.community}: no training text extracted of "
                       f"{r.extraction['aligned'].n} tested", highlight=False)
+        leaked = r.leakage["documents"]
+        if leaked:
+            ids = ", ".join(f"document {d['document_id']} ({d['chars']} chars)" for d in leaked)
+            out.print(f"r/{r.community}: free answers repeat spans of {len(leaked)} posts: {ids}",
+                      highlight=False, soft_wrap=True)
+        index = r.leakage["index"]
+        out.print(f"r/{r.community}: span index over {index['documents']:,} posts "
+                  f"({index['ngrams']:,} word 8-grams) built and searched in "
+                  f"{index['seconds']:.1f} s", style="dim", highlight=False)

@@ -11,6 +11,7 @@ from rich import box
 from rich.table import Table
 
 from ..ingest import FORMATS, CleanOptions, FieldMap, IngestReport, ingest
+from ..ingest.pii import describe_counts
 from ..store import community_status
 from .common import console, date, interrupted, out
 
@@ -31,6 +32,11 @@ from .common import console, date, interrupted, out
 @click.option("--max-words", type=click.IntRange(min=0), default=256, show_default=True,
               help="Truncate longer texts (the paper used 256); 0 keeps them whole.")
 @click.option("--bot", "bots", multiple=True, help="Another author to drop as a bot (repeatable).")
+@click.option("--keep-pii", is_flag=True,
+              help="Store texts with the personal data found in them (phone numbers, addresses, "
+              "handles, ages, ...); by default each is replaced by a placeholder such as [phone].")
+@click.option("--scrub-names", is_flag=True,
+              help="Also replace person names after a cue ('my name is', 'my husband') by [name].")
 @click.option("--workers", type=click.IntRange(min=1),
               help="Processes that parse and clean large files (default: one per core).")
 @click.option("--text", "text_fields", multiple=True, metavar="FIELD",
@@ -55,8 +61,9 @@ from .common import console, date, interrupted, out
               "created = \"date\", ... (options given here win).")
 @click.pass_obj
 def ingest_cmd(obj, sources, community, fmt, strict, limit, force, min_words, max_words, bots,
-               workers, text_fields, title_field, created_field, author_field, id_field,
-               score_field, parent_field, thread_field, community_field, fields_file):
+               keep_pii, scrub_names, workers, text_fields, title_field, created_field,
+               author_field, id_field, score_field, parent_field, thread_field, community_field,
+               fields_file):
     """Read Reddit dumps (NDJSON, .zst, .gz), CSV exports or JSON into the store.
 
     SOURCES are files or directories (read recursively); the format and
@@ -67,9 +74,16 @@ def ingest_cmd(obj, sources, community, fmt, strict, limit, force, min_words, ma
     name (<Name>_submissions.csv, <Name>_comments.zst, r-<name>/).  Exports with
     other field names: map them (--text, --created, ...).  A file that gives no
     record is an error line with its shape; --strict stops there (exit 2).
+    Personal data in the texts (phone numbers, addresses, card numbers, IP
+    addresses, other platforms' handles, stated ages) becomes a placeholder such
+    as [phone] before anything is stored, unless --keep-pii.
     """
+    if keep_pii and scrub_names:
+        raise click.UsageError("--scrub-names scrubs names as personal data: it cannot go "
+                               "with --keep-pii")
     options = CleanOptions(min_words=min_words, max_words=max_words,
-                           extra_bots=frozenset(b.lower() for b in bots))
+                           extra_bots=frozenset(b.lower() for b in bots), pii=not keep_pii,
+                           pii_names=scrub_names)
     fields = FieldMap(tuple(text_fields), title_field, created_field, author_field, id_field,
                       score_field, community_field, parent_field, thread_field)
     if fields_file:
@@ -82,12 +96,12 @@ def ingest_cmd(obj, sources, community, fmt, strict, limit, force, min_words, ma
         stored = obj.db.execute("SELECT count(*) FROM documents").fetchone()[0]
         interrupted(f"the store keeps {stored:,} documents; run the same command again to "
                     "finish (nothing is added twice)")
-    _print_ingest(report)
+    _print_ingest(report, pii=not keep_pii)
     if report.empty and not report.total("added"):
         sys.exit(2)  # nothing at all was found: each file's error line says why
 
 
-def _print_ingest(report: IngestReport) -> None:
+def _print_ingest(report: IngestReport, pii: bool = True) -> None:
     table = Table(box=box.SIMPLE_HEAD, title="ingest", title_justify="left")
     for name in ("file", "format", "records", "added", "duplicate", "dropped", "bad"):
         table.add_column(name, justify="left" if name in ("file", "format") else "right",
@@ -135,6 +149,13 @@ def _print_ingest(report: IngestReport) -> None:
     if already:
         out.print(f"{already} file(s) already ingested: --force re-reads them, adding only "
                   "what is missing", highlight=False, soft_wrap=True)
+    if pii and report.pii():
+        out.print(f"scrubbed PII: {describe_counts(report.pii())} (placeholders such as "
+                  "[phone]; --keep-pii keeps it)", style="dim", highlight=False, markup=False,
+                  soft_wrap=True)
+    elif not pii:
+        out.print("personal data kept as written (--keep-pii); `cci-local scrub` replaces it "
+                  "later", style="dim", highlight=False, soft_wrap=True)
     added = report.total("added")
     out.print(f"added {added:,} document{'' if added == 1 else 's'}", highlight=False)
 

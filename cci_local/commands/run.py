@@ -42,6 +42,8 @@ from .common import (
               help="Training pairs: open (CommInst, the default), template, or both.")
 @click.option("--steps", type=click.IntRange(min=1), help="Training steps (overrides --epochs).")
 @click.option("--epochs", type=click.FloatRange(min=0.01), help="Training epochs [default: 3].")
+@click.option("--dedup", type=click.Choice(["none", "exact", "near"]),
+              help="Training: remove duplicate answers first [default: near].")
 @click.option("--scoring", type=click.Choice(["letter", "text"]),
               help="Survey and psychometrics scoring [default: letter].")
 @click.option("--samples", type=click.IntRange(min=5),
@@ -56,14 +58,17 @@ from .common import (
               help="The instrument's item bank CSV, where it leaves item texts out.")
 @click.option("--prefixes", type=click.IntRange(min=1), metavar="N",
               help="Psychometrics: the first N persona prefixes only.")
+@click.option("--audit-samples", type=click.IntRange(min=4), metavar="N",
+              help="Privacy audit: training and held-out texts tested per community "
+              "[default: 64].")
 @click.option("--quick", is_flag=True,
               help="A trial run in minutes on a CPU: 4 teacher rows, 8 training steps on "
                    "CommInst and template pairs, 10 fidelity answers per model, text scoring, "
-                   "2 persona prefixes (options given explicitly still win).")
+                   "2 persona prefixes, 12 audited texts (options given explicitly still win).")
 @click.option("--force", "force", multiple=True, type=click.Choice(["ingest", "topics", "train"]),
               help="Redo a stage even where it is done (repeatable).")
 @click.option("--until", type=click.Choice(["data", "topics", "generate", "train", "survey",
-                                            "fidelity", "psychometrics"]),
+                                            "fidelity", "psychometrics", "audit"]),
               help="Stop after this stage.")
 @click.option("--memory", type=click.FloatRange(min=0.1), metavar="GIB",
               help="Training's memory budget in GiB (default: 75% of this machine's RAM, or of "
@@ -72,19 +77,21 @@ from .common import (
 @json_option("what each stage did")
 @click.pass_obj
 def run_cmd(obj, communities, corpus, dumps, offline, limit, teacher, base, max_rows, kinds,
-            steps, epochs, scoring, samples, real, no_judges, instrument, item_bank, prefixes,
-            quick, force, until, memory, seed, as_json):
+            steps, epochs, dedup, scoring, samples, real, no_judges, instrument, item_bank,
+            prefixes, audit_samples, quick, force, until, memory, seed, as_json):
     """Everything for COMMUNITIES in one go: find the data, ingest, topics, generate,
-    train, survey, fidelity (and psychometrics with --instrument), then write the
-    report beside the store.  What is done already is skipped: a second identical
-    run makes no model call; an interrupted one goes on where it stopped."""
+    train, survey, fidelity (and psychometrics with --instrument), the privacy
+    audit of each adapter, then write the report beside the store.  What is done
+    already is skipped: a second identical run makes no model call; an interrupted
+    one goes on where it stopped."""
     from ..pipeline import STAGES, PipelineError, RunOptions, run_pipeline
 
     given = {k: v for k, v in dict(
         corpus=tuple(corpus) or None, dumps=dumps, limit=limit, teacher=teacher, base=base,
-        max_rows=max_rows, kinds=tuple(kinds) or None, steps=steps, epochs=epochs,
+        max_rows=max_rows, kinds=tuple(kinds) or None, steps=steps, epochs=epochs, dedup=dedup,
         scoring=scoring, samples=samples, real=real, instrument=instrument, items=item_bank,
-        prefixes=prefixes, memory=memory).items() if v is not None}
+        prefixes=prefixes, memory=memory, audit_samples=audit_samples).items()
+        if v is not None}
     given |= {"offline": offline, "judges": not no_judges, "seed": seed,
               "force": frozenset(force), "until": until}
     options = RunOptions.quick(**given) if quick else RunOptions(**given)

@@ -28,12 +28,21 @@ from .common import base_option, check_name_pattern, communities_argument, conso
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               default="cci-local-serve.json", show_default=True,
               help="Where --print writes llama_cpp.server's config.")
+@click.option("--allow-leaky", is_flag=True,
+              help="Serve an adapter even when its privacy audit found training texts it "
+              "reproduces word for word.")
 @click.pass_obj
-def serve_cmd(obj, communities, base, host, port, pattern, n_ctx, print_only, config_path):
+def serve_cmd(obj, communities, base, host, port, pattern, n_ctx, print_only, config_path,
+              allow_leaky):
     """Serve COMMUNITIES' aligned models from one OpenAI-compatible server: each
     community's model is a model name ('base' is the bare base), one copy of the base
     stays in memory and each community's adapter is switched in per request.  Query it
-    with any OpenAI client, or with `cci-local survey --aligned-server URL`."""
+    with any OpenAI client, or with `cci-local survey --aligned-server URL`.
+
+    Each adapter's privacy audit is shown first (or that none ran); an adapter the
+    audit found reproducing training texts word for word is refused unless
+    --allow-leaky."""
+    from ..gate import clear
     from ..llm import default_model
     from ..serve import commands, llama_cpp_config, serve, served_models
     from ..store import select_communities
@@ -41,6 +50,9 @@ def serve_cmd(obj, communities, base, host, port, pattern, n_ctx, print_only, co
     names = select_communities(obj.db, list(communities))
     base = default_model("base", base)
     base_path, models = served_models(obj.db, names, base, pattern)
+    for line in clear(obj.db, [{"community": m.community, "id": m.adapter_id} for m in models],
+                      allow_leaky=allow_leaky, what="serve"):
+        note(line)
     if print_only:
         config = Path(config_path)
         config.write_text(json.dumps(llama_cpp_config(base_path, models, host=host, port=port,

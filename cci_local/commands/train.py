@@ -63,6 +63,18 @@ from .common import console, fail, interrupted, json_option, out, progress_bar, 
               help="Memory budget in GiB (default: 75% of this machine's RAM, or of the GPU's "
               "memory on CUDA); settings are fitted to it before any work, and a run that "
               "cannot fit is refused.")
+@click.option("--dedup", type=click.Choice(["none", "exact", "near"]), default="near",
+              show_default=True, help="Remove duplicate answers before training: exact (same "
+              "text up to case and spaces) or near (also 5-gram Jaccard >= 0.8); the first "
+              "by id is kept.")
+@click.option("--template-epochs", type=click.IntRange(min=1), metavar="N",
+              help="Template pairs (real posts word for word) in at most N epochs; later "
+              "epochs are over the other pairs (a run of template pairs only ends there).")
+@click.option("--dp-epsilon", type=click.FloatRange(min=0, min_open=True), metavar="EPS",
+              help="Differentially private training (DP-SGD, Opacus; pip install "
+              "'cci-local[dp]') within this epsilon per training pair.")
+@click.option("--dp-delta", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="DP's delta [default: 1/(10 n) for n examples].")
 @seed_option
 @click.option("--dry-run", is_flag=True,
               help="Print the plan and a memory estimate; train nothing.")
@@ -71,7 +83,8 @@ from .common import console, fail, interrupted, json_option, out, progress_bar, 
 def train_cmd(obj, community, base, trainer, steps, epochs, lr, batch_size, micro_batch,
               rank, alpha, dropout, targets, max_len, kinds, max_examples, split_by,
               checkpoint_every, device, four_bit, mlx_bits, grad_checkpoint, chunked_loss,
-              lora_layers, memory, seed, dry_run, as_json):
+              lora_layers, memory, dedup, template_epochs, dp_epsilon, dp_delta, seed, dry_run,
+              as_json):
     """Train COMMUNITY's LoRA adapter and export it as a GGUF adapter (llama.cpp, Ollama).
 
     Resumes a killed run from its last checkpoint; a finished run with the same
@@ -88,7 +101,11 @@ def train_cmd(obj, community, base, trainer, steps, epochs, lr, batch_size, micr
                          gradient_checkpointing=grad_checkpoint, chunked_loss=chunked_loss,
                          lora_layers=lora_layers,
                          mlx_bits=None if mlx_bits == "none" else int(mlx_bits),
-                         target_modules=tuple(targets) or TrainConfig.target_modules)
+                         target_modules=tuple(targets) or TrainConfig.target_modules,
+                         dedup=dedup, template_epochs=template_epochs, dp_epsilon=dp_epsilon,
+                         dp_delta=dp_delta)
+    if dp_delta is not None and dp_epsilon is None:
+        raise click.UsageError("--dp-delta goes with --dp-epsilon")
     pinned = frozenset(name for name, given in (("micro_batch", micro_batch),
                                                 ("gradient_checkpointing", grad_checkpoint))
                        if given is not None)
@@ -134,9 +151,27 @@ def train_cmd(obj, community, base, trainer, steps, epochs, lr, batch_size, micr
     verb = "already trained" if row["reused"] else "trained"
     out.print(f"r/{row['community']}: {verb} on {row['examples']:,} examples, {row['steps']} "
               f"steps, final loss {row['final_loss']:.3f}", highlight=False)
+    print_mitigations(json.loads(row["settings"]))
     out.print(f"adapter:   {row['gguf']}", highlight=False, soft_wrap=True)
-    out.print(f"Modelfile: {row['modelfile']}  (ollama create {row['community']}-cci -f "
-              f"{row['modelfile']})", highlight=False, soft_wrap=True)
+    out.print(f"before it leaves this machine: `cci-local audit r/{row['community']}`, then "
+              f"`cci-local adapters export r/{row['community']} -o DIR` (with an Ollama "
+              "Modelfile)", highlight=False, soft_wrap=True)
+
+
+def print_mitigations(settings: dict) -> None:
+    """What dedup removed, and the privacy a DP run spent."""
+    removed = settings.get("dedup_removed")
+    if removed is not None:
+        out.print(f"dedup ({settings['dedup']}): removed {removed['exact']:,} exact and "
+                  f"{removed['near']:,} near duplicate answers", highlight=False)
+    if settings.get("template_epochs"):
+        out.print(f"template pairs in at most {settings['template_epochs']} epoch(s)",
+                  highlight=False)
+    if dp := settings.get("dp"):
+        out.print(f"differential privacy: epsilon {dp['epsilon_spent']:.2f} at delta "
+                  f"{dp['delta']:.2g} (noise multiplier {dp['noise_multiplier']:.3f}, "
+                  f"sampling rate {dp['sample_rate']:.3f}, clip {dp['max_grad_norm']:g})",
+                  highlight=False)
 
 
 def print_plan(p, base, config, *, brief: bool = False) -> None:

@@ -53,6 +53,8 @@ class AuditOptions:
     suffix: int = 32  # m: tokens that must follow exactly
     held_out: int = 64  # held-out texts for membership inference
     seed: int = 0
+    min_chars: int = 80  # a free answer sharing this many characters with a post leaks it
+    max_tokens: int = 128  # length of each free answer
 
     @property
     def params(self) -> str:
@@ -68,6 +70,7 @@ class AuditResult:
     extraction_by_kind: dict[str, dict[str, Estimate]] = field(default_factory=dict)
     membership: dict[str, Estimate | float] = field(default_factory=dict)
     extracted: list[dict] = field(default_factory=list)
+    leakage: dict = field(default_factory=dict)  # near-verbatim spans in free answers
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -80,7 +83,10 @@ class AuditResult:
                 "extraction_by_kind": {kind: {k: value(v) for k, v in row.items()}
                                        for kind, row in self.extraction_by_kind.items()},
                 "membership": {k: value(v) for k, v in self.membership.items()},
-                "extracted": self.extracted, "notes": self.notes}
+                "extracted": self.extracted,
+                "leakage": {k: ({m: value(x) for m, x in v.items()} if isinstance(v, dict)
+                                else v) for k, v in self.leakage.items()},
+                "notes": self.notes}
 
 
 # ------------------------------------------------------------------------ statistics
@@ -136,8 +142,10 @@ def training_texts(db, adapter: dict) -> list[dict]:
     from ..train.data import data_hash, training_rows
 
     settings = json.loads(adapter["settings"])
+    # an adapter trained before dedup existed has no "dedup" setting: nothing was removed
     rows = training_rows(db, adapter["community"], tuple(settings.get("kinds", ["open"])),
-                         "train", adapter["examples"], settings.get("seed", 0))
+                         "train", adapter["examples"], settings.get("seed", 0),
+                         dedup=settings.get("dedup", "none"))
     if data_hash([(r["question"], r["answer"]) for r in rows]) != adapter["data_hash"]:
         raise AuditError(
             f"r/{adapter['community']}'s training texts in the store are no longer the ones "
@@ -192,7 +200,7 @@ def audit(db: sqlite_utils.Database, community: str, base: str = "embedded",
                 for r in rows for m in models]
         todo = [j for j in jobs if (j[0], j[1], j[2]["id"]) not in done]
         if progress:
-            progress("total", len(todo))
+            progress("total", len(todo) + len(models) * len(candidates))
         for test, model, row, split in todo:
             backend = models[model]
             messages = [{"role": "user", "content": row["question"]}]
@@ -215,18 +223,39 @@ def audit(db: sqlite_utils.Database, community: str, base: str = "embedded",
             done[(test, model, row["id"])] = (value, detail)
             if progress:
                 progress("done", 1)
+        answers = {m: _free_answers(db, models[m], candidates, options, progress)
+                   for m in ("aligned", "base")}
     finally:
         base_model.close()
 
     _extraction(result, candidates, done, options)
     _membership(result, candidates, held_rows, done, options)
+    _leakage(result, db, name, candidates, answers, options)
+    save_audit(db, result)
+    return result
+
+
+def _untimed(figures: dict) -> dict:
+    index = figures.get("leakage", {}).get("index", {})
+    return figures | {"leakage": figures.get("leakage", {}) | {"index": {
+        k: v for k, v in index.items() if not k.endswith("seconds")}}}
+
+
+def save_audit(db: sqlite_utils.Database, result: AuditResult) -> None:
+    """One ``audits`` row: the figures the report and the privacy gate read (none
+    added when the newest audit of the adapter found the same with the same settings)."""
+    settings, figures = json.dumps(asdict(result.options)), json.dumps(result.as_dict())
+    last = db.execute("SELECT settings, result FROM audits WHERE adapter_id = ? ORDER BY id"
+                      " DESC LIMIT 1", [result.adapter_id]).fetchone()
+    if last and last[0] == settings and json.dumps(_untimed(json.loads(last[1]))) == \
+            json.dumps(_untimed(result.as_dict())):
+        return
     with db.conn:
         db.conn.execute(
             "INSERT INTO audits (adapter_id, community, settings, result, extractable,"
             " created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            [adapter["id"], name, json.dumps(asdict(options)), json.dumps(result.as_dict()),
-             len(result.extracted), time.time()])
-    return result
+            [result.adapter_id, result.community, settings, figures, len(result.extracted),
+             time.time()])
 
 
 def _extraction(result: AuditResult, rows: list[dict], done: dict,
@@ -269,6 +298,57 @@ def _membership(result: AuditResult, train_rows: list[dict], held_rows: list[dic
     members, others = scores(train_rows, True), scores(held_rows, True)
     result.membership["tpr_at_1pct_fpr"] = tpr_at_fpr(members, others, 0.01)
     result.membership["fpr_resolution"] = 1 / len(others)
+
+
+def _free_answers(db, backend, rows: list[dict], options: AuditOptions, progress) -> list[str]:
+    """The model's greedy answer to each training question (through the prompt cache:
+    a re-run makes no model call)."""
+    from ..llm.base import Sampling
+    from ..llm.cache import Request, chat_many
+
+    requests = [Request([{"role": "user", "content": r["question"]}], None,
+                        Sampling(max_tokens=options.max_tokens, temperature=0.0,
+                                 seed=options.seed)) for r in rows]
+    texts = [""] * len(rows)
+    for i, reply in chat_many(db, backend, requests):
+        if isinstance(reply, Exception):
+            raise reply
+        texts[i] = reply.text
+        if progress:
+            progress("done", 1)
+    return texts
+
+
+def _leakage(result: AuditResult, db, community: str, rows: list[dict],
+             answers: dict[str, list[str]], options: AuditOptions) -> None:
+    """The longest span each free answer shares with any of the community's documents,
+    through a word n-gram index (evaluate/leakage.py), aligned and base."""
+    from .leakage import SpanIndex
+
+    started = time.perf_counter()
+    ids, texts = [], []
+    for doc_id, text in db.execute("SELECT id, text FROM documents WHERE community = ?"
+                                   " ORDER BY id", [community]):
+        ids.append(doc_id)
+        texts.append(text)
+    index = SpanIndex(texts)
+    built = time.perf_counter() - started
+    leaked: list[dict] = []
+    for model in ("aligned", "base"):
+        spans = [index.longest(a) for a in answers[model]]
+        over = [(r, s) for r, s in zip(rows, spans, strict=True) if s.chars >= options.min_chars]
+        result.leakage[model] = {
+            "longest": max((s.chars for s in spans), default=0),
+            "median": float(np.median([s.chars for s in spans])) if spans else 0.0,
+            "share": wilson(len(over), len(spans))}
+        if model == "aligned":
+            leaked = [{"instruction_id": r["id"], "document_id": ids[s.document],
+                       "chars": s.chars} for r, s in over]
+    result.leakage.update({
+        "min_chars": options.min_chars, "documents": leaked,
+        "index": {"documents": len(texts), "ngrams": len(index),
+                  "seconds": round(time.perf_counter() - started, 2),
+                  "build_seconds": round(built, 2)}})
 
 
 def latest_audit(db: sqlite_utils.Database, adapter_id: int) -> dict | None:

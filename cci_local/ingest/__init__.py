@@ -82,6 +82,7 @@ class SourceReport:
     dropped: Counter = field(default_factory=Counter)
     errors: list[tuple[int, str]] = field(default_factory=list)
     seconds: float = 0.0
+    pii: Counter = field(default_factory=Counter)  # personal data replaced, per entity
 
     @property
     def duplicates(self) -> int:
@@ -99,6 +100,10 @@ class IngestReport:
 
     def total(self, attr: str) -> int:
         return sum(getattr(s, attr) for s in self.sources)
+
+    def pii(self) -> Counter:
+        """Personal data replaced by placeholders in every file read, per entity."""
+        return sum((s.pii for s in self.sources), Counter())
 
     @property
     def empty(self) -> list[SourceReport]:
@@ -374,9 +379,11 @@ def _ingest_source(db, plan: _Plan, convert: Converter, rep: SourceReport, *, st
             new_errors.clear()
         conn.execute(
             "UPDATE sources SET records = ?, added = added + ?, bad = ?, complete = ?,"
-            " finished_at = ? WHERE id = ?",
+            " finished_at = ?, pii = coalesce(?, pii) WHERE id = ?",
             [rep.records, rep.added - added_at_last_flush, rep.bad, int(complete),
-             time.time() if complete else None, source_id])
+             time.time() if complete else None,
+             orjson.dumps(dict(rep.pii)).decode() if convert.options.pii else None,
+             source_id])
         added_at_last_flush = rep.added
         conn.commit()
         bar.update(task, completed=size if raw.closed else raw.tell(), docs=rep.added)
@@ -394,7 +401,7 @@ def _ingest_source(db, plan: _Plan, convert: Converter, rep: SourceReport, *, st
             chunks = _chunks(read_json(stream, info), limit)
         fallback = None if convert.community else plan.community
         results = _converted(chunks, convert, pool, fallback)
-        for rows, dropped, bad, n in results:
+        for rows, dropped, bad, n, replaced in results:
             spellings = {row[0] for row in rows}
             if not spellings <= canonical:  # a new community, or another spelling of one
                 for spelling in spellings - canonical:
@@ -407,6 +414,8 @@ def _ingest_source(db, plan: _Plan, convert: Converter, rep: SourceReport, *, st
             batch.extend(rows)
             rep.records += n
             rep.dropped.update(dropped)
+            if replaced:
+                rep.pii.update(replaced)
             if bad:
                 rep.bad += len(bad)
                 new_errors.extend((source_id, line, error) for line, error in bad)

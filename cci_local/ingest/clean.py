@@ -48,6 +48,8 @@ class CleanOptions:
     min_words: int = 4
     max_words: int = 256  # the paper cut comments to 256 words; 0 keeps everything
     extra_bots: frozenset[str] = field(default_factory=frozenset)
+    pii: bool = True  # replace personal data by placeholders (pii.py); False: --keep-pii
+    pii_names: bool = False  # also person names after a cue (--scrub-names)
 
 
 def is_bot(author: str | None, extra: frozenset[str] = frozenset()) -> bool:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from .clean import REMOVED_MARKERS, CleanOptions, Pseudonymiser, clean_text, is_bot, truncate_words
+from .pii import PLACEHOLDERS, PiiScrubber
 from .readers import LineBlock, parse_ndjson
 from .shapes import FieldMap, ShapeError, expand, needs_expansion
 
@@ -22,10 +23,13 @@ DROP_REMOVED = "deleted or removed"
 DROP_BOT = "bot author"
 DROP_SHORT = "empty or too short"
 DROP_OTHER = "other community"
+# Words past --max-words that are scrubbed too: longer than any span pii.py finds.
+PII_MARGIN_WORDS = 12
 
 # One converted chunk: rows (community, id, kind, text, created_utc, score, link_id,
-# parent_id, author, line), drop counts, malformed records (line, reason), records seen.
-ChunkResult = tuple[list[tuple], dict[str, int], list[tuple[int, str]], int]
+# parent_id, author, line), drop counts, malformed records (line, reason), records seen,
+# personal data replaced in the rows' texts ({entity: count}).
+ChunkResult = tuple[list[tuple], dict[str, int], list[tuple[int, str]], int, dict[str, int]]
 
 
 def insert_sql(source_id: int) -> str:
@@ -51,6 +55,13 @@ class Converter:
 
     def __post_init__(self):
         self._authors: dict[str, str] = {}  # username -> pseudonym, or "" for a bot
+        self._pii = PiiScrubber(self.options.pii_names) if self.options.pii else None
+        self.replaced: dict[str, int] = {}  # personal data replaced in converted texts
+
+    def take_replaced(self) -> dict[str, int]:
+        """The personal data replaced since the last call (sent back with each chunk)."""
+        replaced, self.replaced = self.replaced, {}
+        return replaced
 
     def __call__(self, record: dict, fallback: str | None = None) -> tuple | str:
         """Return (community, id, kind, text, created_utc, score, link_id, parent_id, author)
@@ -118,9 +129,24 @@ class Converter:
             author = None
         text = clean_text(raw)
         text = self.pseudonymise.scrub(text, author)
+        found = ()
+        if self._pii is not None:
+            # A few words past the cut, so that a number or address the cut would
+            # split is still found whole; not the whole text: scrubbing is the slow part.
+            if self.options.max_words:
+                text = truncate_words(text, self.options.max_words + PII_MARGIN_WORDS)
+            text, found = self._pii.replace(text)
+        scrubbed = text
         text = truncate_words(text, self.options.max_words)
         if len(text.split(None, self.options.min_words)) < self.options.min_words:
             return DROP_SHORT
+        if found:  # counted in the texts kept, up to the cut
+            cut = scrubbed[len(text):]
+            for entity in found:
+                self.replaced[entity] = self.replaced.get(entity, 0) + 1
+            if cut:
+                for entity in set(found):
+                    self.replaced[entity] -= cut.count(PLACEHOLDERS[entity])
 
         doc_id = get("name")
         if type(doc_id) is not str or doc_id[:3] not in ("t1_", "t3_"):
@@ -158,12 +184,12 @@ def convert_chunk(convert: Converter, chunk: LineBlock | list[tuple],
                 bad.append((line, error))
                 error = None
                 if convert.stop_at_bad:
-                    return rows, dropped, bad, n
+                    return rows, dropped, bad, n, convert.take_replaced()
             elif isinstance(result, str):
                 dropped[result] = dropped.get(result, 0) + 1
             else:
                 rows.append((*result, line))
-    return rows, dropped, bad, n
+    return rows, dropped, bad, n, convert.take_replaced()
 
 
 def _ndjson_triples(block: LineBlock):

@@ -24,8 +24,8 @@ import sqlite_utils
 
 from ..errors import CciError
 from ..store import find_community
-from .data import data_hash, encode, training_pairs
-from .gguf_lora import gguf_tensors, modelfile, read_gguf_arch, write_gguf_lora
+from .data import data_hash, encode, select_rows
+from .gguf_lora import gguf_tensors, read_gguf_arch, write_gguf_lora
 from .peft_trainer import TrainConfig, add_lora, pick_device, train_lora
 
 
@@ -108,7 +108,7 @@ def load_base(base: Base, config: TrainConfig):
         model.to(device)
     checkpointing = config.gradient_checkpointing
     if checkpointing is None:
-        checkpointing = device in ("cuda", "mps")
+        checkpointing = device in ("cuda", "mps") and not config.dp_epsilon
     if checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
@@ -125,12 +125,18 @@ def adapters_dir(db: sqlite_utils.Database) -> Path:
 # so a run resumed under another budget continues where it stopped.
 MEMORY_ONLY = ("checkpoint_every", "device", "micro_batch", "gradient_checkpointing",
                "chunked_loss")
+# dedup decides which rows are trained on, and the data hash says which they are; the
+# mitigations added later leave a run's key as before while they are off (None).
+DATA_ONLY = ("dedup",)
+ADDED = ("template_epochs", "dp_epsilon", "dp_delta")
 
 
 def run_key(community: str, base_ident: str, hashed: str, trainer: str, kinds, config) -> str:
     """The identity of a training run: the same community, base, data, trainer, kinds and
-    settings (those in MEMORY_ONLY aside) give the same key, so the run is reused."""
-    settings = {k: v for k, v in config.as_dict().items() if k not in MEMORY_ONLY}
+    settings (those in MEMORY_ONLY and DATA_ONLY aside) give the same key, so the run is
+    reused."""
+    settings = {k: v for k, v in config.as_dict().items()
+                if k not in MEMORY_ONLY + DATA_ONLY and not (k in ADDED and v is None)}
     blob = json.dumps([community, base_ident, hashed, trainer, list(kinds), settings],
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -139,21 +145,52 @@ def run_key(community: str, base_ident: str, hashed: str, trainer: str, kinds, c
 TRAINERS = ("peft", "mlx")
 
 
-def _pairs(db, community, kinds, max_examples, seed, split_by="random"):
+def _pairs(db, community, kinds, max_examples, seed, split_by="random", dedup="none"):
+    """(community, pairs, their kinds, what dedup removed)."""
     name = find_community(db, community)
     if name is None:
         raise TrainError(f"no community {community!r} in the store")
     if split_by not in ("random", "topic"):
         raise TrainError(f"split_by must be random or topic, not {split_by!r}")
-    pairs = training_pairs(db, name, kinds, max_examples=max_examples, seed=seed,
-                           split_by=split_by)
+    from .dedup import MODES
+
+    if dedup not in MODES:
+        raise TrainError(f"dedup must be one of {', '.join(MODES)}, not {dedup!r}")
+    rows, removed = select_rows(db, name, kinds, max_examples=max_examples, seed=seed,
+                                split_by=split_by, dedup=dedup)
+    pairs = [(r["question"], r["answer"]) for r in rows]
     if not pairs:
         what = " or ".join("CommInst" if k == "open" else f"{k} pairs" for k in kinds)
         split = "unseen-topic train split" if split_by == "topic" else "train split"
         raise TrainError(f"r/{name} has no {what} in the {split}: run `cci-local generate "
                          f"r/{name}` first" + (" (or train on template pairs: --kind template)"
                                                if kinds == ("open",) else ""))
-    return name, pairs
+    return name, pairs, [r["kind"] for r in rows], removed
+
+
+def check_mitigations(config: TrainConfig, trainer: str, kinds) -> None:
+    """--template-epochs and --dp-epsilon: what they need, refused before any work."""
+    if config.template_epochs is not None:
+        if trainer != "peft":
+            raise TrainError("--template-epochs is for the peft trainer")
+        if "template" not in kinds:
+            raise TrainError("--template-epochs caps template pairs, and this run trains on "
+                             "none: add --kind template")
+        if config.template_epochs < 1:
+            raise TrainError("--template-epochs must be at least 1")
+    if config.dp_epsilon is not None:
+        if trainer != "peft":
+            raise TrainError("--dp-epsilon is for the peft trainer (Opacus, PyTorch)")
+        try:
+            import opacus  # noqa: F401
+        except ImportError as e:
+            raise TrainError("--dp-epsilon needs Opacus: pip install 'cci-local[dp]'") from e
+        from .dp import DPError, check
+
+        try:
+            check(config)
+        except DPError as e:
+            raise TrainError(str(e)) from e
 
 
 def plan(db: sqlite_utils.Database, community: str, base: str = "embedded",
@@ -165,16 +202,28 @@ def plan(db: sqlite_utils.Database, community: str, base: str = "embedded",
     share of the device's memory) and their estimate, without loading the model.
     ``pinned``: the TrainConfig fields the user set, which the fit keeps."""
     config = config or TrainConfig()
-    _, pairs = _pairs(db, community, kinds, max_examples, config.seed, split_by)
+    check_mitigations(config, trainer, kinds)
+    _, pairs, pair_kinds, _ = _pairs(db, community, kinds, max_examples, config.seed, split_by,
+                                     config.dedup)
     return plan_pairs(pairs, resolve_base(base), config, trainer=trainer, memory=memory,
-                      pinned=pinned)[0]
+                      pinned=pinned, capped=_capped(config, pair_kinds))[0]
+
+
+def _capped(config: TrainConfig, pair_kinds) -> list[bool] | None:
+    """Which pairs --template-epochs keeps out of later epochs (None: no cap)."""
+    if config.template_epochs is None:
+        return None
+    return [kind == "template" for kind in pair_kinds]
 
 
 def plan_pairs(pairs, resolved: Base, config: TrainConfig, *, trainer: str = "peft",
                memory: float | None = None, pinned: frozenset[str] = frozenset(),
-               counts=None):
+               counts=None, capped=None):
     """(plan, config to train with) for ``pairs`` on ``resolved``; ``counts``: token
-    counts (whole exchanges, answers, how counted) where the pairs are only assumed."""
+    counts (whole exchanges, answers, how counted) where the pairs are only assumed;
+    ``capped``: the pairs --template-epochs keeps out of later epochs."""
+    import dataclasses
+
     from .estimate import fit, model_shape
 
     if trainer not in TRAINERS:
@@ -182,9 +231,16 @@ def plan_pairs(pairs, resolved: Base, config: TrainConfig, *, trainer: str = "pe
     if config.load_in_4bit and trainer == "mlx":
         raise TrainError("--4bit is for the peft trainer on CUDA; mlx trains on a 4-bit base "
                          "already (--mlx-bits)")
-    return fit(pairs, model_shape(resolved.gguf, resolved.hf_dir), config, trainer=trainer,
-               gguf=resolved.gguf, hf_dir=resolved.hf_dir, budget_gib=memory, pinned=pinned,
-               counts=counts)
+    if config.dp_epsilon is not None:  # never fitted on: Opacus cannot recompute layers
+        config = dataclasses.replace(config, gradient_checkpointing=False)
+        pinned = pinned | {"gradient_checkpointing"}
+    the_plan, config = fit(pairs, model_shape(resolved.gguf, resolved.hf_dir), config,
+                           trainer=trainer, gguf=resolved.gguf, hf_dir=resolved.hf_dir,
+                           budget_gib=memory, pinned=pinned, counts=counts)
+    if capped is not None:
+        the_plan = dataclasses.replace(the_plan, steps=config.total_steps(len(pairs),
+                                                                          sum(capped)))
+    return the_plan, config
 
 
 class OverBudget(TrainError):
@@ -208,10 +264,13 @@ def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
     settings not in ``pinned`` are fitted to it before anything loads, and a run that
     cannot fit raises OverBudget.  ``on_plan(plan)`` sees the plan first."""
     config = config or TrainConfig()
-    name, pairs = _pairs(db, community, kinds, max_examples, config.seed, split_by)
+    check_mitigations(config, trainer, kinds)
+    name, pairs, pair_kinds, removed = _pairs(db, community, kinds, max_examples, config.seed,
+                                              split_by, config.dedup)
+    capped = _capped(config, pair_kinds)
     resolved = resolve_base(base)
     the_plan, config = plan_pairs(pairs, resolved, config, trainer=trainer, memory=memory,
-                                  pinned=pinned)
+                                  pinned=pinned, capped=capped)
     if on_plan:
         on_plan(the_plan)
     if not the_plan.fits:
@@ -237,10 +296,12 @@ def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
             " data_hash, examples, settings, status, path, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'training', ?, ?)",
             [key, name, base, ident, trainer, hashed, len(pairs),
-             json.dumps({"kinds": list(kinds), **config.as_dict()}), str(out), time.time()])
+             json.dumps({"kinds": list(kinds), **config.as_dict(),
+                         "dedup_removed": {"exact": removed.exact, "near": removed.near}}),
+             str(out), time.time()])
     adapter_id = db.execute("SELECT id FROM adapters WHERE key = ?", [key]).fetchone()[0]
 
-    total = config.total_steps(len(pairs))
+    total = config.total_steps(len(pairs), sum(capped or ()))
     db.execute("UPDATE adapters SET total_steps = ? WHERE id = ?", [total, adapter_id])
     db.conn.commit()
 
@@ -268,20 +329,34 @@ def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
         import torch
 
         model, tokenizer = load_base(resolved, config)
+        skipped: list[int] = []
         examples = encode(tokenizer, pairs, config.max_len
-                          or getattr(model.config, "max_position_embeddings", None))
+                          or getattr(model.config, "max_position_embeddings", None), skipped)
         torch.manual_seed(config.seed)  # the LoRA initialisation
         model = add_lora(model, config)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
             else tokenizer.eos_token_id
-        result = train_lora(model, examples, config, out, pad_id=pad, on_step=step)
+        if capped is not None:  # the pairs encode() kept
+            gone = set(skipped)
+            capped = [c for i, c in enumerate(capped) if i not in gone]
+        from .dp import DPError
+
+        try:
+            result = train_lora(model, examples, config, out, pad_id=pad, on_step=step,
+                                capped=capped)
+        except DPError as e:
+            raise TrainError(str(e)) from e
         paths = export(model, result["state"], resolved, config, out)
+    if "dp" in result:  # the noise used and the epsilon spent, beside the settings
+        settings = json.loads(_adapter(db, "id = ?", adapter_id)["settings"])
+        db.execute("UPDATE adapters SET settings = ? WHERE id = ?",
+                   [json.dumps(settings | {"dp": result["dp"]}), adapter_id])
     with db.conn:
         db.conn.execute(
             "UPDATE adapters SET status = 'done', steps = ?, final_loss = ?, gguf = ?,"
-            " modelfile = ?, finished_at = ? WHERE id = ?",
-            [result["steps"], result["final_loss"], str(paths["gguf"]), str(paths["modelfile"]),
-             time.time(), adapter_id])
+            " finished_at = ? WHERE id = ?",
+            [result["steps"], result["final_loss"], str(paths["gguf"]), time.time(),
+             adapter_id])
     return _adapter(db, "id = ?", adapter_id) | {"reused": False}
 
 
@@ -301,7 +376,8 @@ def _adapter(db, where: str, value) -> dict | None:
 
 
 def export(model, state: dict, base: Base, config: TrainConfig, out: Path) -> dict[str, Path]:
-    """The PEFT folder (PEFT trainer), the GGUF LoRA adapter and the Ollama Modelfile."""
+    """The PEFT folder (PEFT trainer) and the GGUF LoRA adapter.  No Modelfile: that is
+    written by `adapters export`, past the privacy gate (cci_local/adapters.py)."""
     if model is not None:
         # No embedding layers are trained; "auto" would ask the Hugging Face hub whether
         # the base has a config.json (a network call the privacy test catches).
@@ -317,9 +393,7 @@ def export(model, state: dict, base: Base, config: TrainConfig, out: Path) -> di
                            n_head_kv=meta["n_head_kv"])
     gguf_path = write_gguf_lora(out / "adapter.gguf", tensors, arch=meta["arch"],
                                 alpha=config.alpha, base_name=meta["name"])
-    mf = out / "Modelfile"
-    mf.write_text(modelfile(base.gguf or base.hf_dir, gguf_path), encoding="utf-8")
-    return {"gguf": gguf_path, "modelfile": mf}
+    return {"gguf": gguf_path}
 
 
 __all__ = ["TRAINERS", "Base", "OverBudget", "TrainConfig", "TrainError", "adapters_dir",

@@ -12,6 +12,12 @@ gradient are the same as the full computation's.  Every
 ``checkpoint_every`` steps the adapter, optimizer, scheduler, step and random
 state are written (atomically) to ``checkpoint/``; a killed run started again
 continues from there and ends where an uninterrupted run would.
+
+Two privacy mitigations live in the loop (docs/method.md#mitigations):
+``template_epochs`` keeps template pairs out of the epochs after the first N
+(example_stream), and ``dp_epsilon`` trains with DP-SGD (train/dp.py: Poisson
+batches, each example's gradient clipped, noise added; the loss reported is
+then the mean of the examples' per-token losses).
 """
 
 from __future__ import annotations
@@ -54,18 +60,41 @@ class TrainConfig:
     lora_layers: int | None = None  # LoRA on the last N blocks only; None: every block
     chunked_loss: bool = True  # the loss over answer tokens in chunks: no tokens x vocab logits
     mlx_bits: int | None = 4  # mlx: train on the base quantized to this many bits; None: float
+    dedup: str = "near"  # none, exact, near: duplicate answers removed first (train/dedup.py)
+    template_epochs: int | None = None  # template pairs in at most this many epochs
+    dp_epsilon: float | None = None  # differentially private training (Opacus) to this epsilon
+    dp_delta: float | None = None  # its delta; None: 1/(10 n) for n examples
 
-    def total_steps(self, n_examples: int) -> int:
+    def total_steps(self, n_examples: int, n_capped: int = 0) -> int:
+        """Optimizer steps over ``n_examples``, of which ``n_capped`` are template pairs
+        that ``template_epochs`` keeps out of later epochs (see example_stream): an
+        epoch after the cap is a pass over the others, and where there are no others
+        the stream, and so the run, ends after the cap."""
+        cap = self.template_epochs if n_capped else None
+        if cap is None or (not self.steps and cap >= math.ceil(self.epochs)):
+            if self.steps:
+                return self.steps
+            return max(1, math.ceil(self.epochs * n_examples / self.batch_size))
+        def length(epoch: int) -> int:
+            return n_examples if epoch < cap else n_examples - n_capped
+
         if self.steps:
-            return self.steps
-        return max(1, math.ceil(self.epochs * n_examples / self.batch_size))
+            steps = self.steps
+        else:
+            full = int(self.epochs)
+            drawn = sum(length(e) for e in range(full)) + (self.epochs - full) * length(full)
+            steps = max(1, math.ceil(drawn / self.batch_size))
+        if n_capped < n_examples:
+            return steps
+        return min(steps, math.ceil(cap * n_examples / self.batch_size))
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d["target_modules"] = list(self.target_modules)
         for key in ("alpha", "dropout", "lr", "epochs", "warmup", "weight_decay",
-                    "max_grad_norm"):
-            d[key] = float(d[key])  # 16 and 16.0 are the same run
+                    "max_grad_norm", "dp_epsilon", "dp_delta"):
+            if d[key] is not None:
+                d[key] = float(d[key])  # 16 and 16.0 are the same run
         return d
 
 
@@ -89,6 +118,29 @@ def example_order(n: int, seed: int, start: int, count: int) -> list[int]:
     for k in range(start, start + count):
         epoch, i = divmod(k, n)
         out.append(int(np.random.default_rng([seed, epoch]).permutation(n)[i]))
+    return out
+
+
+def example_stream(n: int, seed: int, start: int, count: int, capped=None,
+                   cap: int | None = None) -> list[int]:
+    """example_order() with template pairs capped: while epoch < ``cap`` an epoch is a
+    seeded permutation of all ``n`` examples (the same as example_order's), after it a
+    seeded permutation of those not ``capped`` (a boolean per example).  Fewer than
+    ``count`` are returned where the stream ends (every example capped)."""
+    if cap is None or capped is None or not np.any(capped):
+        return example_order(n, seed, start, count)
+    free = np.flatnonzero(~np.asarray(capped, bool))
+    out = []
+    for k in range(start, start + count):
+        if k < cap * n:
+            epoch, i = divmod(k, n)
+            out.append(int(np.random.default_rng([seed, epoch]).permutation(n)[i]))
+        elif len(free):
+            epoch, i = divmod(k - cap * n, len(free))
+            out.append(int(free[np.random.default_rng([seed, cap + epoch]).permutation(
+                len(free))[i]]))
+        else:
+            break
     return out
 
 
@@ -122,14 +174,19 @@ def add_lora(model, config: TrainConfig):
 LOSS_CHUNK_BYTES = 64 * 2**20  # fp32 logits of one chunk of answer tokens
 
 
-def _chunk_loss(head, hidden, targets):
+def _chunk_loss(head, hidden, targets, weights=None):
     import torch
 
-    return torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
+    if weights is None:
+        return torch.nn.functional.cross_entropy(head(hidden).float(), targets,
+                                                 reduction="sum")
+    return (torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="none")
+            * weights).sum()
 
 
-def answer_loss(model, ids, labels, mask, *, chunked: bool = True):
-    """The summed cross-entropy of the answer tokens (labels not IGNORE).  ``chunked``:
+def answer_loss(model, ids, labels, mask, *, chunked: bool = True, weights=None):
+    """The summed cross-entropy of the answer tokens (labels not IGNORE), each row's
+    tokens weighted by ``weights`` (one per row) where given.  ``chunked``:
     only the answer positions' hidden states go through the output layer, a chunk of
     about LOSS_CHUNK_BYTES of logits at a time, each recomputed in the backward pass
     instead of kept; a model whose output layer is not a plain linear head (logit
@@ -143,22 +200,27 @@ def answer_loss(model, ids, labels, mask, *, chunked: bool = True):
     cfg = inner.config
     plain_head = not (getattr(cfg, "final_logit_softcapping", None)
                       or getattr(cfg, "logit_scale", None))
+    token_weights = None if weights is None else weights[:, None].expand(
+        labels.shape[0], labels.shape[1] - 1)
     if not chunked or not plain_head:
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
-        return torch.nn.functional.cross_entropy(
+        losses = torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-            ignore_index=IGNORE, reduction="sum")
+            ignore_index=IGNORE, reduction="sum" if weights is None else "none")
+        return losses if weights is None else (losses * token_weights.reshape(-1)).sum()
     hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask,
                                  use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     keep = targets != IGNORE
     hidden, targets = hidden[:, :-1][keep], targets[keep]
+    token_weights = None if weights is None else token_weights[keep]
     head = inner.get_output_embeddings()
     size = max(1, LOSS_CHUNK_BYTES // (4 * head.weight.shape[0]))
     total = hidden.new_zeros((), dtype=torch.float32)
     for i in range(0, len(targets), size):
         total = total + checkpoint(functools.partial(_chunk_loss, head), hidden[i:i + size],
-                                   targets[i:i + size], use_reentrant=False)
+                                   targets[i:i + size], None if weights is None
+                                   else token_weights[i:i + size], use_reentrant=False)
     return total
 
 
@@ -202,10 +264,12 @@ def _load_checkpoint(folder: Path, model, optimizer, scheduler):
 
 def train_lora(model, examples: list[tuple[list[int], list[int]]], config: TrainConfig,
                out_dir: Path, *, pad_id: int,
-               on_step: Callable[[dict], None] | None = None) -> dict:
+               on_step: Callable[[dict], None] | None = None, capped=None) -> dict:
     """Train LoRA on ``model`` (already a PEFT model) over encoded ``examples``; resume
-    from ``out_dir/checkpoint`` if there is one.  Returns the adapter state (numpy),
-    the steps and the final loss."""
+    from ``out_dir/checkpoint`` if there is one.  ``capped``: a boolean per example, the
+    template pairs ``config.template_epochs`` keeps out of later epochs.  With
+    ``config.dp_epsilon``, DP-SGD (train/dp.py).  Returns the adapter state (numpy), the
+    steps, the final loss and, for DP, its accounting."""
     import torch
     from peft import get_peft_model_state_dict
     from transformers import get_cosine_schedule_with_warmup
@@ -213,10 +277,18 @@ def train_lora(model, examples: list[tuple[list[int], list[int]]], config: Train
     if not examples:
         raise ValueError("no training examples")
     device = next(model.parameters()).device
-    total = config.total_steps(len(examples))
+    n_capped = int(np.sum(capped)) if capped is not None else 0
+    total = config.total_steps(len(examples), n_capped)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup * total), total)
+    private = hooks = dp = None
+    if config.dp_epsilon:
+        from . import dp as dp_module
+
+        dp = dp_module.plan(config.dp_epsilon, config.dp_delta, len(examples),
+                            config.batch_size, total, config.max_grad_norm)
+        hooks, private = dp_module.make_private(model, optimizer, dp, config.batch_size)
     folder = Path(out_dir) / "checkpoint"
     step, losses = 0, []
     torch.manual_seed(config.seed)
@@ -225,21 +297,36 @@ def train_lora(model, examples: list[tuple[list[int], list[int]]], config: Train
     model.train()
     while step < total:
         start = time.perf_counter()
-        picks = example_order(len(examples), config.seed, step * config.batch_size,
-                              config.batch_size)
+        if dp:
+            picks = dp_module.poisson_batch(len(examples), dp.sample_rate, config.seed, step)
+        else:
+            picks = example_stream(len(examples), config.seed, step * config.batch_size,
+                                   config.batch_size, capped, config.template_epochs)
         batch = [examples[i] for i in picks]
         n_answer = sum(sum(t != IGNORE for t in y[1:]) for _, y in batch) or 1
         n_tokens, step_loss = 0, 0.0
-        optimizer.zero_grad(set_to_none=True)
+        (private or optimizer).zero_grad(set_to_none=True)
         for m in range(0, len(batch), config.micro_batch):
-            ids, labels, mask = _collate(batch[m:m + config.micro_batch], pad_id, device)
-            loss = answer_loss(model, ids, labels, mask,
-                               chunked=config.chunked_loss) / n_answer
+            part = batch[m:m + config.micro_batch]
+            ids, labels, mask = _collate(part, pad_id, device)
+            weights = None
+            if dp:  # each example's mean token loss, averaged over the micro-batch
+                counts = (labels[:, 1:] != IGNORE).sum(dim=1).clamp(min=1)
+                weights = 1.0 / (counts.float() * len(part))
+            loss = answer_loss(model, ids, labels, mask, chunked=config.chunked_loss,
+                               weights=weights)
+            if not dp:
+                loss = loss / n_answer
             loss.backward()
-            step_loss += loss.item()
+            step_loss += loss.item() * (len(part) / len(batch) if dp else 1.0)
             n_tokens += int(mask.sum())
-        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
+        if private:
+            if not batch:
+                dp_module.empty_step(params)
+            private.step()  # clips each example's gradient, adds the noise
+        else:
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
         scheduler.step()
         step += 1
         seconds = time.perf_counter() - start
@@ -252,7 +339,13 @@ def train_lora(model, examples: list[tuple[list[int], list[int]]], config: Train
             point["checkpoint"] = True
         if on_step:
             on_step(point)
+    if hooks is not None:
+        hooks.remove_hooks()
+        (private or optimizer).zero_grad(set_to_none=True)
     state = {k: v.detach().float().cpu().numpy() for k, v in
              get_peft_model_state_dict(model, save_embedding_layers=False).items()}
-    return {"state": state, "steps": step, "final_loss": losses[-1][1] if losses else None,
-            "losses": losses}
+    result = {"state": state, "steps": step,
+              "final_loss": losses[-1][1] if losses else None, "losses": losses}
+    if dp:
+        result["dp"] = dp.as_dict() | {"epsilon_spent": dp_module.spent(dp, step)}
+    return result
