@@ -18,3 +18,8 @@ class WorkFailed(CciError):
     """The input was fine but the work could not be done (exit code 1)."""
 
     exit_code = 1
+
+
+class PipelineError(WorkFailed):
+    """A stage cannot go on: the message says what to do.  Everything stored so far
+    stays, and the next `run` continues from there."""
