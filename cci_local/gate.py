@@ -10,7 +10,6 @@ training data (a quote, a stock phrase), so it does not close the gate.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ class Clearance:
     audited: bool
     leaked: list[dict]  # extracted texts the base does not reproduce
     line: str
+    audit: dict | None = None  # the newest audit's figures (latest_audit())
 
 
 def _interval(e: dict) -> str:
@@ -65,7 +65,7 @@ def clearance(db: sqlite_utils.Database, adapter: dict) -> Clearance:
                      f" chars (base {lk['base']['longest']}), {_of(lk['aligned']['share'])} "
                      f">= {lk['min_chars']}")
     return Clearance(name, ident, True, leaked,
-                     f"r/{name} (adapter {ident}), audited {when}: " + "; ".join(parts))
+                     f"r/{name} (adapter {ident}), audited {when}: " + "; ".join(parts), found)
 
 
 def clear(db: sqlite_utils.Database, adapters: list[dict], *, allow_leaky: bool = False,
@@ -99,9 +99,9 @@ def newest_audits(db: sqlite_utils.Database, names: list[str]) -> list[dict]:
         if row is None:
             continue
         adapter = dict(zip([d[0] for d in cur.description], row, strict=True))
-        result = db.execute("SELECT result FROM audits WHERE adapter_id = ? ORDER BY id DESC"
-                            " LIMIT 1", [adapter["id"]]).fetchone()
-        out.append({"community": name, "adapter_id": adapter["id"],
-                    "audit": json.loads(result[0]) if result else None,
-                    "leaked": clearance(db, adapter).leaked})
+        gate = clearance(db, adapter)
+        audit = None if gate.audit is None else {
+            k: v for k, v in gate.audit.items() if k not in ("extractable", "created_at")}
+        out.append({"community": name, "adapter_id": adapter["id"], "audit": audit,
+                    "leaked": gate.leaked})
     return out
