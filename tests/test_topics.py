@@ -266,22 +266,30 @@ def test_same_domain_topics_hold_at_every_size(same_domain):
 
 @pytest.mark.slow
 def test_the_dominant_topic_split_is_told_and_stored(same_domain):
-    # Over the whole keto corpus excess-of-mass selection keeps a topic of ~40%
-    # of the clustered documents; it is split, the note says so, the run keeps it.
-    db, summary = same_domain[None]
+    # Whether excess-of-mass selection keeps a dominant topic on the whole keto
+    # corpus turns on a few changed texts (pseudonyms, PII tags: 36-40% on some
+    # runs, none on others), so the threshold is set below what this run's first
+    # clustering gives: a split is then certain on any host.
+    db, _ = same_domain[None]
+    whole = fit_topics(db, params=TopicParams(split=False))
+    sizes = [t["size"] for t in whole.topics]
+    largest = max(sizes) / sum(sizes)
+    assert largest > 0.1, sizes
+    threshold = round(largest * 0.8, 3)
+    summary = fit_topics(db, params=TopicParams(max_share=threshold))
     record = summary.settings["degenerate"]
-    assert record["largest_share"] > 0.25 >= record["largest_share_after"]
-    assert record["splits"][0]["method"] == "leaf selection"
+    assert record["largest_share"] > threshold >= record["largest_share_after"]
+    head = record["splits"][0]
+    assert head["method"] in ("leaf selection", "KMeans") and head["into"] >= 2
     note = next(n for n in summary.notes if n.startswith("the largest topic held"))
-    assert f"split it into {record['splits'][0]['into']} sub-topics (leaf selection)" in note
+    assert f"split it into {head['into']} sub-topics ({head['method']})" in note
     stored = json.loads(db.execute("SELECT settings FROM topic_runs WHERE id = ?",
                                    [summary.run_id]).fetchone()[0])
     assert stored["degenerate"] == record and note in stored["notes"]
-    again = fit_topics(db)  # reused: the stored note is shown again
-    assert again.reused and note in again.notes
-    whole = fit_topics(db, params=TopicParams(split=False))
-    assert max(t["size"] for t in whole.topics) > 0.25 * sum(t["size"] for t in whole.topics)
-    assert any("left whole (--no-split)" in n for n in whole.notes)
+    again = fit_topics(db, params=TopicParams(max_share=threshold))  # reused: note shown
+    assert again.reused and again.run_id == summary.run_id and note in again.notes
+    left = fit_topics(db, params=TopicParams(split=False, max_share=threshold))
+    assert any("left whole (--no-split)" in n for n in left.notes)
 
 
 @pytest.mark.slow
