@@ -90,3 +90,24 @@ def export_adapter(db: sqlite_utils.Database, community: str, base: str, out_dir
                         [str(mf), adapter["id"]])
     return {"community": name, "folder": folder, "files": files, "modelfile": mf,
             "audit": line}
+
+
+def remove_adapter(db: sqlite_utils.Database, adapter_id: int) -> dict:
+    """Delete adapter ``adapter_id``: its row with its training curve and audits (the
+    schema cascades), and its folder when the folder is under the store's adapters/
+    (a folder elsewhere was the user's, and stays).  Survey and other answers already
+    stored keep their rows: they are results, named by the adapter's hash."""
+    from .train import _adapter, adapters_dir
+
+    row = _adapter(db, "id = ?", adapter_id)
+    if row is None:
+        raise AdapterError(f"no adapter {adapter_id} in the store (`cci-local adapters list` "
+                           "shows their ids)")
+    folder = Path(row["path"]).resolve()
+    with db.conn:
+        db.conn.execute("DELETE FROM adapters WHERE id = ?", [adapter_id])
+    owned = adapters_dir(db).resolve()
+    removed = folder.is_dir() and owned in folder.parents
+    if removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return row | {"files_removed": removed}

@@ -200,6 +200,10 @@ STAGE_COUNTS: list[tuple[str, str, str]] = [
      " ON i.id = a.instruction_id WHERE i.kind = 'template' GROUP BY a.community"),
     ("adapters", "adapters",
      "SELECT community, count(*) FROM adapters WHERE status = 'done' GROUP BY community"),
+    # of those, the ones `adapters add` brought in (trained elsewhere)
+    ("imported adapters", "adapters",
+     "SELECT community, count(*) FROM adapters WHERE status = 'done'"
+     " AND trainer LIKE 'import:%' GROUP BY community"),
 ]
 
 

@@ -41,23 +41,72 @@ def report_cmd(obj, communities, fmt, output):
 
 @click.command(name="export")
 @click.argument("communities", nargs=-1)
-@click.option("--format", "fmt", type=click.Choice(["mlx", "openai", "sharegpt", "csv"]),
-              required=True)
+@click.option("--format", "fmt", type=click.Choice(["mlx", "openai", "sharegpt", "csv",
+                                                    "llamafactory"]), required=True,
+              help="llamafactory: the training data, dataset_info.json and one YAML per "
+              "community that trains what `cci-local train` would (docs/scale-out.md).")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True)
 @click.option("--kind", "kinds", type=click.Choice(["open", "template"]), multiple=True,
-              help="Training pairs to include (default: both).")
+              help="Training pairs to include (default: both; llamafactory: open, as train).")
 @click.option("--split-by", type=click.Choice(["random", "topic"]), default="random",
               show_default=True, help="Which held-out split becomes test.")
 @seed_option
+@click.option("--base", help="llamafactory: the base MODEL train would use (default: the "
+              "registry's base).")
+@click.option("--hf-base", metavar="ID|PATH", help="llamafactory: the base's Hugging Face id or "
+              "folder (default: the base's folder; a small GGUF written dequantized to "
+              "OUTPUT/base; a big one's hub id from the registry).")
+@click.option("--method", type=click.Choice(["lora", "qlora", "full"]), default="lora",
+              show_default=True, help="llamafactory: LoRA as train does, QLoRA (4-bit, CUDA), "
+              "or the paper's full finetune.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto",
+              show_default=True, help="llamafactory: auto is fp32 for a base under ~1B "
+              "parameters (any CPU), bf16 above.")
+@click.option("--portable", is_flag=True, help="llamafactory: paths relative to OUTPUT (run "
+              "from inside it, on another machine).")
+@click.option("--steps", type=click.IntRange(min=1), help="llamafactory: optimizer steps "
+              "(overrides --epochs).")
+@click.option("--epochs", type=click.FloatRange(min=0.01), default=3.0, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4,
+              show_default=True, help="llamafactory: as train's.")
+@click.option("--rank", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=32.0,
+              show_default=True)
+@click.option("--max-examples", type=click.IntRange(min=1),
+              help="llamafactory: a seeded sample, as train's.")
+@click.option("--dedup", type=click.Choice(["none", "exact", "near"]), default="near",
+              show_default=True, help="llamafactory: duplicate answers removed, as train's.")
 @click.pass_obj
-def export_cmd(obj, communities, fmt, out_dir, kinds, split_by, seed):
-    """Write COMMUNITIES' instruction data as mlx-lm / OpenAI / ShareGPT / CSV files."""
+def export_cmd(obj, communities, fmt, out_dir, kinds, split_by, seed, base, hf_base, method,
+               precision, portable, steps, epochs, lr, rank, alpha, max_examples, dedup):
+    """Write COMMUNITIES' instruction data as mlx-lm / OpenAI / ShareGPT / CSV files, or
+    as LLaMA-Factory training configs with their data."""
     from ..export import TRAINING_KINDS, export
 
+    if fmt == "llamafactory":
+        from ..export_llamafactory import export_llamafactory
+        from ..llm import default_model
+        from ..store import select_communities
+        from ..train import TrainConfig
+
+        names = select_communities(obj.db, list(communities) or None)
+        done = export_llamafactory(
+            obj.db, names, out_dir, base=default_model("base", base),
+            config=TrainConfig(steps=steps, epochs=epochs, lr=lr, rank=rank, alpha=alpha,
+                               seed=seed, dedup=dedup),
+            kinds=tuple(kinds) or ("open",), split_by=split_by, max_examples=max_examples,
+            method=method, hf=hf_base, precision=precision, portable=portable)
+        out.print(f"base: {done['base']}; {done['precision']}", highlight=False, soft_wrap=True)
+        for community, subsets in done["counts"].items():
+            out.print(f"{community}: {subsets['train']:,} training pairs; "
+                      f"llamafactory-cli train {Path(out_dir) / community}.yaml",
+                      highlight=False, soft_wrap=True)
+        out.print(f"then: cci-local adapters add {Path(out_dir) / 'saves' / '<community>'} "
+                  "--community <community>", highlight=False, soft_wrap=True)
+        return
     counts = export(obj.db, fmt, out_dir, list(communities) or None,
                     kinds=tuple(kinds) or TRAINING_KINDS, split_by=split_by, seed=seed)
     for community, subsets in counts.items():
         parts = ", ".join(f"{n:,} {k}" for k, n in subsets.items())
         out.print(f"{community}: {parts}", highlight=False)
     out.print(f"written to {out_dir}", highlight=False)
-

@@ -142,6 +142,12 @@ def training_texts(db, adapter: dict) -> list[dict]:
     from ..train.data import data_hash, training_rows
 
     settings = json.loads(adapter["settings"])
+    if "imported" in settings and not settings.get("kinds"):
+        raise AuditError(
+            f"r/{adapter['community']}'s adapter {adapter['id']} was added from "
+            f"{settings['imported']['source']} with no record of what it trained on "
+            "(cci_training.json from `cci-local train`, cci_export.json from `cci-local export "
+            "--format llamafactory`): the audit cannot tell its training texts from others")
     # an adapter trained before dedup existed has no "dedup" setting: nothing was removed
     rows = training_rows(db, adapter["community"], tuple(settings.get("kinds", ["open"])),
                          "train", adapter["examples"], settings.get("seed", 0),

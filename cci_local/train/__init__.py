@@ -347,6 +347,15 @@ def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
         except DPError as e:
             raise TrainError(str(e)) from e
         paths = export(model, result["state"], resolved, config, out)
+    for saved in (out / "peft", out / "mlx"):  # what it trained on, for `adapters add`
+        if not saved.is_dir():  # on another machine
+            continue
+        (saved / "cci_training.json").write_text(json.dumps({
+            "community": name, "base": base, "base_identity": ident, "trainer": trainer,
+            "kinds": list(kinds), "seed": config.seed, "dedup": config.dedup,
+            "split_by": split_by, "examples": len(pairs), "data_hash": hashed,
+            "steps": result["steps"], "final_loss": result["final_loss"],
+            "settings": config.as_dict()}, indent=2) + "\n", encoding="utf-8")
     if "dp" in result:  # the noise used and the epsilon spent, beside the settings
         settings = json.loads(_adapter(db, "id = ?", adapter_id)["settings"])
         db.execute("UPDATE adapters SET settings = ? WHERE id = ?",
@@ -361,10 +370,11 @@ def train(db: sqlite_utils.Database, community: str, base: str = "embedded",
 
 
 def list_adapters(db: sqlite_utils.Database) -> list[dict]:
-    """Every adapter in the store, by community then age: community, base, status, steps,
-    total_steps, final_loss, examples, path, gguf, modelfile."""
-    columns = ("community", "base", "status", "steps", "total_steps", "final_loss",
-               "examples", "path", "gguf", "modelfile")
+    """Every adapter in the store, by community then age: id, community, base, trainer
+    (peft, mlx, or import:peft / import:mlx for one `adapters add` brought in), status,
+    steps, total_steps, final_loss, examples, path, gguf, modelfile."""
+    columns = ("id", "community", "base", "trainer", "status", "steps", "total_steps",
+               "final_loss", "examples", "path", "gguf", "modelfile")
     return [dict(zip(columns, row, strict=True)) for row in db.execute(
         f"SELECT {', '.join(columns)} FROM adapters ORDER BY community, id")]
 

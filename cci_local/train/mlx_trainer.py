@@ -31,6 +31,7 @@ the beginning.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def train_mlx(folder: Path, pairs: list[tuple[str, str]], config: TrainConfig, o
     from mlx_lm.tuner.trainer import TrainingArgs, train
     from mlx_lm.tuner.utils import build_schedule
 
-    from .gguf_lora import from_mlx
+    from .gguf_lora import MODULES, from_mlx
 
     model, tokenizer = load_lora_model(folder, config)
     data = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
@@ -121,6 +122,16 @@ def train_mlx(folder: Path, pairs: list[tuple[str, str]], config: TrainConfig, o
         train(model, optimizer, dataset, None, args=args, training_callback=Report())
     finally:
         block.__call__ = call
+    # mlx-lm's own adapter_config.json beside the weights, so the folder loads in
+    # mlx_lm.generate --adapter-path and `cci-local adapters add` reads its scale
+    (adapter_file.parent / "adapter_config.json").write_text(json.dumps({
+        "fine_tune_type": "lora", "model": str(folder), "num_layers": len(model.layers)
+        if config.lora_layers is None else config.lora_layers,
+        "lora_parameters": {"rank": config.rank, "scale": config.alpha / config.rank,
+                            "dropout": config.dropout,
+                            "keys": [m for m in MODULES
+                                     if m.split(".")[-1] in config.target_modules]}},
+        indent=2) + "\n", encoding="utf-8")
     state = {k: np.array(v) for k, v in mx.load(str(adapter_file)).items()}
     return {"state": from_mlx(state), "steps": total,
             "final_loss": losses[-1][1] if losses else None, "losses": losses}
