@@ -7,7 +7,9 @@ adapter) are compared with the same adapter loaded by PEFT in Python.
 LLaMA-Factory pins transformers <= 5.6, peft <= 0.18.1 and accelerate <= 1.11, older
 than this project's, so it lives in its own virtual environment
 (benchmarks/.cache/llamafactory-venv, made on first use): torch 2.13 CPU and
-LLaMA-Factory's text-training dependencies (not its web UI, audio and video ones).
+LLaMA-Factory's text-training dependencies (not its web UI, audio and video ones;
+torchaudio, which it imports at start-up, has no build for torch 2.13 and is a
+placeholder that fails if called: see placeholder()).
 
 Agreement.  llama.cpp runs the Q4_1 GGUF (activations quantized to 8 bits in its dot
 products), torch the same weights dequantized to float32, so the two never agree
@@ -53,6 +55,7 @@ def install() -> float:
     """The LLaMA-Factory environment (seconds it took; 0 when it was there)."""
     cli = VENV / "bin" / "llamafactory-cli"
     if cli.is_file():
+        placeholder()
         return 0.0
     start = time.monotonic()
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
@@ -60,7 +63,23 @@ def install() -> float:
     subprocess.run(pip + ["torch==2.13.0"], check=True)
     subprocess.run(pip + DEPS, check=True)
     subprocess.run(pip + ["--no-deps", f"llamafactory=={VERSION}"], check=True)
+    placeholder()
     return time.monotonic() - start
+
+
+def placeholder() -> None:
+    """LLaMA-Factory imports torchaudio when it starts (data/mm_plugin.py), for audio
+    datasets only.  PyPI has no torchaudio for torch 2.13 (its newest, 2.11.1, needs
+    torch 2.11.1: a multi-GB CUDA build; with 2.13 its library fails to load), so this
+    environment gets a module of that name that fails if anything uses it: text
+    training never does, and a call would stop the run, not change it."""
+    site = next((VENV / "lib").glob("python3*/site-packages"))
+    (site / "torchaudio").mkdir(exist_ok=True)
+    (site / "torchaudio" / "__init__.py").write_text(
+        '"""Placeholder (benchmarks/bench_llamafactory.py): no torchaudio for torch 2.13."""\n'
+        "def __getattr__(name):\n"
+        "    raise RuntimeError(f'torchaudio.{name}: torchaudio is not installed here "
+        "(benchmarks/bench_llamafactory.py)')\n", encoding="utf-8")
 
 
 def cci(*args: str, db: Path) -> str:

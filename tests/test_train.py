@@ -276,6 +276,53 @@ def test_mlx_trainer_smoke_run_exports_a_loadable_adapter(trained):
                               lora_path=row[0]).last_logits(messages)
     assert np.abs(adapted - base).max() > 1e-3  # llama.cpp applies it
 
+    # its mlx/ folder (mlx-lm's adapters.safetensors and adapter_config.json) comes back
+    # through `adapters add` as the same GGUF adapter
+    path = trained["db"].execute("SELECT path FROM adapters WHERE trainer = 'mlx'").fetchone()[0]
+    added = cci("adapters", "add", f"{path}/mlx", "--community", "keto", db=trained["db_path"])
+    assert "(mlx, rank 4" in added.stdout and "trained on 4 of r/keto's pairs" in added.stdout
+    imported = trained["db"].execute("SELECT gguf FROM adapters WHERE trainer = 'import:mlx'"
+                                     ).fetchone()[0]
+    _same_gguf(row[0], imported)
+    trained["db"].execute("DELETE FROM adapters WHERE trainer = 'import:mlx'")
+    trained["db"].conn.commit()
+
+
+def _same_gguf(a, b):
+    import gguf
+
+    ours, theirs = gguf.GGUFReader(a), gguf.GGUFReader(b)
+    assert ours.fields["adapter.lora.alpha"].parts[-1].tolist() == \
+        theirs.fields["adapter.lora.alpha"].parts[-1].tolist()
+    ours = {t.name: np.array(t.data) for t in ours.tensors}
+    theirs = {t.name: np.array(t.data) for t in theirs.tensors}
+    assert ours.keys() == theirs.keys()
+    for name, value in ours.items():
+        np.testing.assert_allclose(theirs[name], value, rtol=0, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_an_adapter_trained_here_comes_back_on_another_machine(trained, tmp_path):
+    """train's peft/ folder, copied to another store with the same data, is added as the
+    same GGUF adapter, and the audit finds the texts it trained on (cci_training.json)."""
+    import shutil
+
+    from cci_local.evaluate.audit import training_texts
+
+    folder = tmp_path / "copied"
+    shutil.copytree(f"{trained['path']}/peft", folder)
+    assert json.loads((folder / "cci_training.json").read_text())["examples"] == 32
+    elsewhere = tmp_path / "elsewhere.db"
+    _copy_store(trained["twin"], elsewhere)
+    result = cci("adapters", "add", str(folder), "--community", "keto", db=elsewhere)
+    assert "(peft, rank 8" in result.stdout and "trained on 32 of r/keto's pairs" in result.stdout
+    db = open_store(elsewhere)
+    cur = db.execute("SELECT * FROM adapters WHERE trainer = 'import:peft'")
+    row = dict(zip([d[0] for d in cur.description], cur.fetchone(), strict=True))
+    _same_gguf(trained["gguf"], row["gguf"])
+    assert row["steps"] == 12 and row["final_loss"] == pytest.approx(trained["final_loss"])
+    assert len(training_texts(db, row)) == 32
+
 
 @pytest.mark.slow
 def test_dry_run_prints_the_plan_and_trains_nothing(trained):

@@ -4,6 +4,7 @@ cci_local/adapters.py (behind the privacy gate, cci_local/gate.py)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -83,11 +84,15 @@ def list_cmd(obj, as_json):
                  "audit", "adapter"):
         table.add_column(name, overflow="fold", justify="right" if name in (
             "id", "steps", "loss", "examples") else "left")
+    here = Path.cwd()
     for a in rows:
         loss = f"{a['final_loss']:.3f}" if a["final_loss"] is not None else "-"
+        shown = Path(a["gguf"] or a["path"])
+        if here in shown.parents:
+            shown = shown.relative_to(here)
         table.add_row(str(a["id"]), a["community"], a["base"], a["trainer"], a["status"],
                       str(a["steps"] or "-"), loss, f"{a['examples']:,}", a["audit"] or "none",
-                      escape(a["gguf"] or a["path"]))
+                      escape(str(shown)))
     out.print(table)
 
 
