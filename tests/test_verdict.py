@@ -36,9 +36,29 @@ def test_a_respondent_that_knows_the_key_beats_everything():
     lines = community_verdict(r, "liberal")["lines"]
     assert lines[0].startswith("r/liberal (40 questions): beats always answering the most "
                                "common letter (A, 0.25): aligned:liberal by 0.75")
-    assert "aligned beats persona by 1.00 [1.00, 1.00]" in lines[1]
-    assert "base beats persona by 0.25" in lines[2]  # base always says A: right 1 in 4
+    assert lines[1] == ("r/liberal (40 questions): worse than always answering the most common "
+                        "letter (A, 0.25): persona:liberal by 0.25 [0.12, 0.40]")
+    assert lines[2].startswith("r/liberal (40 questions): not distinguishable from always "
+                               "answering the most common letter (the interval includes 0): "
+                               "base +0.00")
+    assert any("aligned beats persona by 1.00 [1.00, 1.00]" in line for line in lines)
+    assert any("base beats persona by 0.25" in line for line in lines)  # base: right 1 in 4
     assert not any("changed no answer" in line for line in lines)
+
+
+def test_a_letter_habit_is_worse_than_the_majority_and_below_random():
+    # the key always answers C, a letter this respondent rarely picks
+    keys = ["C"] * 30
+    r = result_with(keys, {"base": ["A"] * 27 + ["C"] * 3})
+    v = community_verdict(r, "liberal")
+    assert v["lines"][0].startswith("r/liberal (30 questions): worse than always answering "
+                                    "the most common letter (C, 1.00): base by 0.90")
+    assert not any("distinguishable" in line for line in v["lines"])
+    below = v["lines"][1]
+    assert below.startswith("r/liberal (30 questions): base is below random (0.10 against "
+                            "chance 0.25")
+    assert "90% of its answers are A, a letter habit" in below and "--scoring text" in below
+    assert v["comparisons"]["base - random"]["high"] < 0
 
 
 def test_always_the_same_letter_is_indistinguishable_and_an_idle_persona_is_flagged():

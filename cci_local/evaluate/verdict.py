@@ -3,7 +3,9 @@
 For each answer key (community), over the questions every compared respondent
 answered, with paired bootstrap intervals (the same questions resampled together):
 
-- does any respondent beat always answering the key's most common letter?
+- does any respondent beat always answering the key's most common letter, or do
+  worse than it?
+- is any respondent below random (a letter habit: most answers on one letter)?
 - does the aligned model beat the persona-prompted base, and the persona the base?
 - does a persona prompt change any answer of the base model at all?
 
@@ -56,20 +58,31 @@ def community_verdict(result, community: str) -> dict:
     counts = Counter(key[k] for k in shared)
     top = max(sorted(counts), key=lambda letter: counts[letter])
     majority = np.array([float(key[k] == top) for k in shared])
-    beating = []
+    beating, worse, unclear = [], [], []
     for r in present:
         diff = difference_ci(_hits(result, r, shared, key), majority)
         out["comparisons"][f"{r} - majority letter"] = diff.as_dict()
         if diff.low > 0:
             beating.append(f"{r} by {diff.value:.2f} [{diff.low:.2f}, {diff.high:.2f}]")
+        elif diff.high < 0:
+            worse.append(f"{r} by {-diff.value:.2f} [{-diff.high:.2f}, {-diff.low:.2f}]")
+        else:
+            unclear.append(f"{r} {_interval(diff)}")
     where = f"r/{community} ({len(shared)} questions)"
     if beating:
         out["lines"].append(f"{where}: beats always answering the most common letter "
                             f"({top}, {majority.mean():.2f}): " + "; ".join(beating))
-    else:
+    if worse:
+        out["lines"].append(f"{where}: worse than always answering the most common letter "
+                            f"({top}, {majority.mean():.2f}): " + "; ".join(worse))
+    if not beating and not worse:
         out["lines"].append(f"{where}: no respondent is distinguishable from always "
                             f"answering the most common letter ({top}, accuracy "
                             f"{majority.mean():.2f})")
+    elif unclear:
+        out["lines"].append(f"{where}: not distinguishable from always answering the most "
+                            f"common letter (the interval includes 0): " + "; ".join(unclear))
+    out["lines"] += _below_random(result, present, shared, key, where, out["comparisons"])
     pairs = [(f"aligned:{community}", f"persona:{community}"),
              (f"persona:{community}", "base")]
     for a, b in pairs:
@@ -86,6 +99,27 @@ def community_verdict(result, community: str) -> dict:
             out["lines"].append(f"{where}: the persona prompt changed no answer of the base "
                                 "model")
     return out
+
+
+def _below_random(result, present, shared, key, where, comparisons) -> list[str]:
+    """A sentence for each respondent whose accuracy is below picking an option at
+    random (1 / options, per question), with the likely cause: how many of its answers
+    fall on its favourite letter."""
+    options = {item.key: len(item.options) for item in result.items}
+    chance = np.array([1.0 / options.get(k, 4) for k in shared])
+    lines = []
+    for r in present:
+        hits = _hits(result, r, shared, key)
+        diff = difference_ci(hits, chance)
+        comparisons[f"{r} - random"] = diff.as_dict()
+        if diff.high < 0:
+            letter, count = Counter(result.answers[r][k].chosen for k in shared).most_common(1)[0]
+            lines.append(
+                f"{where}: {r} is below random ({hits.mean():.2f} against chance "
+                f"{chance.mean():.2f}, {_interval(diff)}): {count / len(shared):.0%} of its "
+                f"answers are {letter}, a letter habit rather than opinions; try --scoring "
+                "text or a bigger base")
+    return lines
 
 
 def verdict(result, communities: list[str]) -> list[dict]:
