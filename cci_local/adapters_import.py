@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
-from .adapters import AdapterError
+from .adapters import AdapterError, _sha256
 from .train.gguf_lora import MODULES
 
 # Prompts whose next-token distribution an imported adapter must move.
@@ -47,14 +47,6 @@ class Incoming:
     rank: int
     alpha: float  # for llama.cpp: scale = alpha / rank; 0: the scale is folded into lora_B
     files: dict[str, str] = field(default_factory=dict)  # name -> sha256
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load_json(path: Path) -> dict:
@@ -247,13 +239,12 @@ def check_fits(incoming: Incoming, resolved, base_name: str) -> dict:
                 f"differs): the adapter was trained on another base, not {base_name}")
         modules.add(module.split(".")[-1])
         layers.add(layer)
-    pairs = {n.replace(".lora_A", "").replace(".lora_B", "") for n in incoming.state}
-    for stem in pairs:
-        a = next((v for k, v in incoming.state.items() if k.replace(".lora_A", "") == stem
-                  and ".lora_A" in k), None)
-        b = next((v for k, v in incoming.state.items() if k.replace(".lora_B", "") == stem
-                  and ".lora_B" in k), None)
-        if a is None or b is None or a.shape[0] != b.shape[1]:
+    halves: dict[str, dict[str, np.ndarray]] = {}
+    for name, value in incoming.state.items():
+        side = "A" if ".lora_A" in name else "B"
+        halves.setdefault(name.replace(f".lora_{side}", ""), {})[side] = value
+    for stem, pair in halves.items():
+        if pair.keys() != {"A", "B"} or pair["A"].shape[0] != pair["B"].shape[1]:
             raise AdapterError(f"{incoming.folder}: {stem} lacks its lora_A or lora_B, or "
                                "their ranks differ")
     return {"arch": arch, "blocks": sorted(layers), "targets": sorted(modules),
@@ -289,7 +280,7 @@ def add_adapter(db: sqlite_utils.Database, path: str | Path, community: str,
     newest on ``base``; nothing is stored unless every check passes.  Adding the same
     adapter again returns its row (``reused``)."""
     from .store import find_community
-    from .train import adapters_dir, base_identity, resolve_base
+    from .train import _adapter, adapters_dir, base_identity, resolve_base
     from .train.gguf_lora import gguf_tensors, read_gguf_arch, write_gguf_lora
 
     name = find_community(db, community)
@@ -314,8 +305,6 @@ def add_adapter(db: sqlite_utils.Database, path: str | Path, community: str,
                                      ).hexdigest()
     row = db.execute("SELECT id FROM adapters WHERE key = ?", [key]).fetchone()
     if row is not None:
-        from .train import _adapter
-
         return _adapter(db, "id = ?", row[0]) | {"reused": True}
 
     meta = read_gguf_arch(resolved.gguf)
@@ -357,8 +346,6 @@ def add_adapter(db: sqlite_utils.Database, path: str | Path, community: str,
             [key, name, base, ident, f"import:{incoming.kind}", trained.get("data_hash", ""),
              int(trained.get("examples", 0)), json.dumps(settings), steps, steps, loss,
              str(out), str(out / "adapter.gguf"), time.time(), time.time()])
-    from .train import _adapter
-
     return _adapter(db, "key = ?", key) | {"reused": False}
 
 
