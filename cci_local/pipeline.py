@@ -48,6 +48,7 @@ class RunOptions:
     teacher: str | None = None  # default: the registry's teacher
     base: str | None = None  # default: the registry's base
     max_rows: int | None = None  # chunk rows put to the teacher
+    survey_questions: int | None = None  # held-out CommSurvey questions to reach
     kinds: tuple[str, ...] = ("open",)  # training pairs: CommInst ('open'), 'template'
     steps: int | None = None
     epochs: float = 3.0
@@ -315,7 +316,9 @@ def _generate(db, state, outcome) -> bool:
         cross_instruct,
         template_pairs,
     )
+    from .generate.survey_size import forecast, reach
     from .llm import BackendError, UnknownModel, default_model, get_backend
+    from .llm.cache import identity
 
     names, options, log = state["names"], state["options"], state["log"]
     templates = template_pairs(db, names, TemplateOptions(seed=options.seed))
@@ -327,10 +330,15 @@ def _generate(db, state, outcome) -> bool:
     if teacher.remote:
         log(f"note: {teacher.describe()} is a remote model: the documents shown to it leave "
             "this machine")
+    cross = CrossOptions(max_rows=options.max_rows, seed=options.seed)
+    reached = None
     try:
-        rep = cross_instruct(db, names, teacher, CrossOptions(max_rows=options.max_rows,
-                                                              seed=options.seed),
-                             progress=state["progress"])
+        log("note: " + forecast(db, names, cross, cross.settings(identity(db, teacher), names),
+                                options.survey_questions).line())
+        rep = cross_instruct(db, names, teacher, cross, progress=state["progress"])
+        if options.survey_questions and not rep.unfinished:
+            reached = reach(db, names, teacher, cross, options.survey_questions,
+                            progress=state["progress"])
     except (GenerateError, BackendError) as e:
         raise PipelineError(f"generate: {e}") from e
     finally:
@@ -343,7 +351,12 @@ def _generate(db, state, outcome) -> bool:
     outcome.summary = (f"{counts}; {rep.tried} of {rep.rows_in_scope} chunk rows asked now; "
                        f"{sum(r['pairs'] for r in templates.values()):,} template pairs")
     outcome.notes = list(rep.notes)
-    return rep.tried > 0 or made > 0
+    if reached is not None:
+        outcome.summary += (f"; held-out CommSurvey {min(reached.after.values())} per "
+                            f"community (asked for {reached.target}: {reached.calls} more "
+                            "teacher calls)")
+        outcome.notes += reached.notes
+    return rep.tried > 0 or made > 0 or bool(reached and reached.rows_asked)
 
 
 def _train(db, state, outcome) -> bool:

@@ -7,6 +7,7 @@ import pytest
 
 from cci_local.evaluate.items import Item
 from cci_local.evaluate.metrics import Estimate, simbench_score
+from cci_local.evaluate.power import min_detectable_difference, questions_needed
 from cci_local.evaluate.survey import Answer, SurveyResult
 from cci_local.evaluate.verdict import community_verdict, compare
 
@@ -105,3 +106,26 @@ def test_the_report_shows_only_the_communities_it_covers(tmp_path):
     assert "r/nutrition" not in text
     write_report(db, path, "md")
     assert "r/nutrition: nothing beats chance" in path.read_text()
+
+
+def test_each_comparison_says_what_its_questions_can_show():
+    # aligned and persona split on half of 40 questions: Connor's MDD at p_d = 0.5;
+    # persona and base never split: priced at the assumed share, and said so
+    keys = list("ABCD" * 10)
+    half = [k if i % 2 else ("B" if k == "A" else "A") for i, k in enumerate(keys)]
+    r = result_with(keys, {"base": half, "persona:liberal": half, "aligned:liberal": keys})
+    rows = {row["comparison"]: row for row in community_verdict(r, "liberal")["power"]}
+    assert list(rows)[:2] == ["persona:liberal - base", "aligned:liberal - persona:liberal"]
+    split = rows["aligned:liberal - persona:liberal"]
+    assert split["questions"] == 40 and split["discordance"] == 0.5
+    assert split["min_detectable"] == round(min_detectable_difference(40, 0.5), 3)
+    assert split["questions_needed"] == questions_needed(0.10, 0.5)
+    same = rows["persona:liberal - base"]
+    assert same["discordance"] == 0.0 and same["discordance_used"] == 0.5
+    assert {f"{r} - majority letter" for r in ("base", "persona:liberal",
+                                               "aligned:liberal")} <= set(rows)
+    more = result_with(keys * 4, {"base": half * 4})  # the same answers, 4 times the questions
+    bigger = {row["comparison"]: row for row in community_verdict(more, "liberal")["power"]}
+    small, big = rows["base - majority letter"], bigger["base - majority letter"]
+    assert big["discordance"] == small["discordance"]
+    assert small["min_detectable"] / 2.2 < big["min_detectable"] < small["min_detectable"] / 1.8

@@ -51,10 +51,14 @@ from .common import (
               help="template: posts shorter than this make no pair.")
 @click.option("--holdout", type=click.FloatRange(0, 0.9), default=0.15, show_default=True,
               help="Share of chunk rows (template: posts) and, separately, of topics held out.")
+@click.option("--survey-questions", type=click.IntRange(min=1), metavar="M",
+              help="Then ask the teacher survey-only passes over the held-out chunk rows "
+              "(all of them, whatever --max-rows) until each community has M held-out "
+              "CommSurvey questions; the training data stay as they are.")
 @seed_option
 @click.pass_obj
 def generate(obj, communities, mode, teacher, parallel, max_rows, n_open, n_choice, attempts,
-             doc_words, temperature, context, min_words, holdout, seed):
+             doc_words, temperature, context, min_words, holdout, survey_questions, seed):
     """Make instruction data for COMMUNITIES (default: all).
 
     cross (Community-Cross-Instruct): every chunk row of the latest topic run goes
@@ -71,7 +75,10 @@ def generate(obj, communities, mode, teacher, parallel, max_rows, n_open, n_choi
     if n_open + n_choice == 0:
         fail("--open and --choice are both 0: nothing to ask")
     from ..generate import CrossOptions, cross_instruct
+    from ..generate.survey_size import forecast, reach
     from ..llm import default_model, get_backend
+    from ..llm.cache import identity
+    from ..store import select_communities
 
     options = CrossOptions(n_open=n_open, n_choice=n_choice, max_attempts=attempts,
                            max_rows=max_rows, doc_words=doc_words, temperature=temperature,
@@ -80,12 +87,20 @@ def generate(obj, communities, mode, teacher, parallel, max_rows, n_open, n_choi
     if backend.remote:
         console.print(f"[yellow]note:[/yellow] {backend.describe()} is a remote model: the "
                       "documents shown to it leave this machine", highlight=False)
+    names = select_communities(obj.db, list(communities) or None)
     bar = progress_bar("teacher rows")
+    reached = None
     try:
+        settings = options.settings(identity(obj.db, backend), names)
+        note(forecast(obj.db, names, options, settings, survey_questions).line())
         with bar:
             task = bar.add_task("rows", total=None)
-            report = cross_instruct(obj.db, list(communities) or None, backend, options,
+            report = cross_instruct(obj.db, names, backend, options,
                                     progress=advance(bar, task))
+            if survey_questions and not report.unfinished:
+                task = bar.add_task("held-out rows, survey only", total=None)
+                reached = reach(obj.db, names, backend, options, survey_questions,
+                                progress=advance(bar, task))
     except KeyboardInterrupt:
         done = obj.db.execute("SELECT count(*) FROM teacher_rows").fetchone()[0]
         interrupted(f"{done:,} rows are stored; run the same command again to finish (no "
@@ -93,12 +108,30 @@ def generate(obj, communities, mode, teacher, parallel, max_rows, n_open, n_choi
     finally:
         backend.close()
     _print_cross(report)
+    if reached is not None:
+        _print_reached(reached)
     if report.unfinished:
         console.print(f"[yellow]warning:[/yellow] {report.unfinished} rows could not reach the "
                       f"teacher ({report.last_error}); run again to retry them",
                       highlight=False, soft_wrap=True)
         sys.exit(1)
 
+
+
+def _print_reached(r) -> None:
+    table = Table(box=box.SIMPLE_HEAD, title=f"held-out survey questions (--survey-questions "
+                  f"{r.target}): {r.passes} survey-only passes, {r.per_row} questions per row",
+                  title_justify="left")
+    for name in ("community", "before", "after"):
+        table.add_column(name, justify="left" if name == "community" else "right")
+    for community in r.before:
+        table.add_row(community, f"{r.before[community]:,}", f"{r.after[community]:,}",
+                      style=None if r.after[community] >= r.target else "yellow")
+    out.print(table)
+    out.print(f"{r.calls:,} teacher calls ({r.cached:,} answers read from the store) over "
+              f"{r.rows_asked:,} held-out rows in {r.seconds:,.1f} s", highlight=False)
+    for text in r.notes:
+        note(text)
 
 
 def _print_template_pairs(report) -> None:

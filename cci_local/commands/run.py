@@ -38,6 +38,9 @@ from .common import (
 @base_option()
 @click.option("--max-rows", type=click.IntRange(min=0),
               help="Put at most N chunk rows to the teacher (default: all).")
+@click.option("--survey-questions", type=click.IntRange(min=1), metavar="M",
+              help="Generate: survey-only teacher passes over the held-out chunk rows until "
+              "each community has M held-out CommSurvey questions.")
 @click.option("--kind", "kinds", type=click.Choice(["open", "template"]), multiple=True,
               help="Training pairs: open (CommInst, the default), template, or both.")
 @click.option("--steps", type=click.IntRange(min=1), help="Training steps (overrides --epochs).")
@@ -76,7 +79,8 @@ from .common import (
 @seed_option
 @json_option("what each stage did")
 @click.pass_obj
-def run_cmd(obj, communities, corpus, dumps, offline, limit, teacher, base, max_rows, kinds,
+def run_cmd(obj, communities, corpus, dumps, offline, limit, teacher, base, max_rows,
+            survey_questions, kinds,
             steps, epochs, dedup, scoring, samples, real, no_judges, instrument, item_bank,
             prefixes, audit_samples, quick, force, until, memory, seed, as_json):
     """Everything for COMMUNITIES in one go: find the data, ingest, topics, generate,
@@ -88,7 +92,8 @@ def run_cmd(obj, communities, corpus, dumps, offline, limit, teacher, base, max_
 
     given = {k: v for k, v in dict(
         corpus=tuple(corpus) or None, dumps=dumps, limit=limit, teacher=teacher, base=base,
-        max_rows=max_rows, kinds=tuple(kinds) or None, steps=steps, epochs=epochs, dedup=dedup,
+        max_rows=max_rows, survey_questions=survey_questions, kinds=tuple(kinds) or None,
+        steps=steps, epochs=epochs, dedup=dedup,
         scoring=scoring, samples=samples, real=real, instrument=instrument, items=item_bank,
         prefixes=prefixes, memory=memory, audit_samples=audit_samples).items()
         if v is not None}
@@ -168,6 +173,9 @@ def run_cmd(obj, communities, corpus, dumps, offline, limit, teacher, base, max_
 @click.option("--since", help="Only items created at or after: 2022-01-01, epoch seconds, or an "
               "age such as 30d, 6w, 1y.")
 @click.option("--until", help="Only items created before this time (same forms).")
+@click.option("--survey-questions", type=click.IntRange(min=1), metavar="M",
+              help="Generate: survey-only teacher passes over the held-out chunk rows until "
+              "each community has M held-out CommSurvey questions.")
 @click.option("--kind", "kinds", type=click.Choice(["submissions", "comments"]), multiple=True,
               help="What to collect (default: both).")
 @click.option("--url", envvar="CCI_LOCAL_ARCTIC_SHIFT_URL", metavar="URL",

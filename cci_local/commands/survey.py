@@ -96,6 +96,26 @@ def _verdict(verdict: list[dict]) -> None:
             out.print(f"  {line}", highlight=False, soft_wrap=True)
 
 
+def _power(verdict: list[dict]) -> None:
+    rows = [(v["community"], row) for v in verdict for row in v.get("power", [])]
+    if not rows:
+        return
+    table = Table(box=box.SIMPLE_HEAD, title="power: the smallest difference each comparison "
+                  "can show (80% power, 95% confidence; docs/method.md#power)",
+                  title_justify="left")
+    for name in ("answer key", "comparison", "questions", "discordant", "detectable",
+                 "questions for 0.10"):
+        table.add_column(name, justify="left" if name in ("answer key", "comparison")
+                         else "right")
+    for community, row in rows:
+        share = f"{row['discordance']:.2f}" + (
+            "" if row["discordance_used"] == row["discordance"]
+            else f" (priced at {row['discordance_used']:.2f})")
+        table.add_row(f"r/{community}", row["comparison"], f"{row['questions']}", share,
+                      f"{row['min_detectable']:.2f}", f"{row['questions_needed']}")
+    out.print(table)
+
+
 def _survey_tables(result, names: list[str], verdict: list[dict]) -> None:
     from ..evaluate.metrics import majority_baseline, random_baseline
     from ..respondents import labels
@@ -127,6 +147,7 @@ def _survey_tables(result, names: list[str], verdict: list[dict]) -> None:
                               ci(result.between(c, other)), "", style="dim")
     out.print(table)
     _verdict(verdict)
+    _power(verdict)
     topics = {c: result.topics(c) for c in names}
     if any(topics.values()):
         shown = [r for r in ("base", "persona", "aligned")

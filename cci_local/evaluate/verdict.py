@@ -20,6 +20,9 @@ from collections import Counter
 import numpy as np
 
 from .metrics import Estimate, difference_ci
+from .power import ASSUMED_DISCORDANCE, discordance, min_detectable_difference, questions_needed
+
+TARGET = 0.10  # the difference the power line prices in questions
 
 
 def _hits(result, respondent: str, keys: list[str], key: dict[str, str]) -> np.ndarray:
@@ -51,7 +54,7 @@ def community_verdict(result, community: str) -> dict:
     present = [r for r in labels(community) if r in result.answers]
     shared = sorted(k for k in key if all(k in result.answers[r] for r in present))
     out: dict = {"community": community, "questions": len(shared), "lines": [],
-                 "comparisons": {}}
+                 "comparisons": {}, "power": []}
     if not shared or not present:
         out["lines"].append(f"r/{community}: no question answered by every respondent")
         return out
@@ -60,8 +63,10 @@ def community_verdict(result, community: str) -> dict:
     majority = np.array([float(key[k] == top) for k in shared])
     beating, worse, unclear = [], [], []
     for r in present:
-        diff = difference_ci(_hits(result, r, shared, key), majority)
+        hits = _hits(result, r, shared, key)
+        diff = difference_ci(hits, majority)
         out["comparisons"][f"{r} - majority letter"] = diff.as_dict()
+        out["power"].append(power_row(f"{r} - majority letter", hits, majority))
         if diff.low > 0:
             beating.append(f"{r} by {diff.value:.2f} [{diff.low:.2f}, {diff.high:.2f}]")
         elif diff.high < 0:
@@ -87,8 +92,10 @@ def community_verdict(result, community: str) -> dict:
              (f"persona:{community}", "base")]
     for a, b in pairs:
         if a in present and b in present:
-            diff = difference_ci(_hits(result, a, shared, key), _hits(result, b, shared, key))
+            a_hits, b_hits = _hits(result, a, shared, key), _hits(result, b, shared, key)
+            diff = difference_ci(a_hits, b_hits)
             out["comparisons"][f"{a} - {b}"] = diff.as_dict()
+            out["power"].insert(0, power_row(f"{a} - {b}", a_hits, b_hits))
             out["lines"].append(f"{where}: {compare(a.split(':')[0], b.split(':')[0], diff)}")
     persona = f"persona:{community}"
     if persona in present and "base" in present:
@@ -99,6 +106,20 @@ def community_verdict(result, community: str) -> dict:
             out["lines"].append(f"{where}: the persona prompt changed no answer of the base "
                                 "model")
     return out
+
+
+def power_row(comparison: str, a_hits, b_hits) -> dict:
+    """The smallest difference this comparison's questions show at 80% power and 95%
+    confidence, for its observed discordant share (docs/method.md#power), and the
+    questions a difference of TARGET needs at that share."""
+    n, share = len(a_hits), discordance(a_hits, b_hits)
+    # Under TARGET the two nearly always agree: a difference of TARGET cannot arise at
+    # that share, so the figures are for the share assumed before any answer.
+    used = share if share >= TARGET else ASSUMED_DISCORDANCE
+    return {"comparison": comparison, "questions": n, "discordance": round(share, 3),
+            "discordance_used": used,
+            "min_detectable": round(min_detectable_difference(n, used), 3),
+            "needed_for": TARGET, "questions_needed": questions_needed(TARGET, used)}
 
 
 def _below_random(result, present, shared, key, where, comparisons) -> list[str]:

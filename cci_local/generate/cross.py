@@ -59,6 +59,7 @@ class CrossOptions:
     holdout: float = 0.15  # chunk rows held out at random; separately, topics held out
     parallel: int = 1  # calls at once, for server teachers
     context: int | None = None  # the teacher's context window, if it does not say
+    survey_pass: int = 0  # > 0: an extra survey-only pass over held-out rows (survey_size.py)
 
     def settings(self, teacher_identity: str, communities: list[str]) -> str:
         """What decides a row's outcome: a row done with other settings is done again."""
@@ -67,7 +68,9 @@ class CrossOptions:
                            "n_choice": self.n_choice, "max_attempts": self.max_attempts,
                            "doc_words": self.doc_words, "answer": self.max_answer_words,
                            "dup": self.near_duplicate, "temperature": self.temperature,
-                           "seed": self.seed, "context": self.context}, sort_keys=True)
+                           "seed": self.seed, "context": self.context}
+                          | ({"survey_pass": self.survey_pass} if self.survey_pass else {}),
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -373,6 +376,8 @@ def cross_instruct(db: sqlite_utils.Database, communities: list[str] | None, tea
     settings = options.settings(ident, names)
     report = CrossReport(run_id, teacher.describe())
     rows = _load_rows(db, run_id, names, options)
+    if options.survey_pass:  # more survey questions: the held-out rows only
+        rows = [r for r in rows if r.split == "test"]
     report.rows_in_scope = len(rows)
     done = {r[0] for r in db.execute("SELECT chunk_row_id FROM teacher_rows WHERE settings = ?",
                                      [settings])}
@@ -404,7 +409,8 @@ def cross_instruct(db: sqlite_utils.Database, communities: list[str] | None, tea
                                       options.n_choice, options.max_answer_words, row.feedback)
             requests.append(Request(messages, schemas[key], Sampling(
                 max_tokens=row.max_tokens, temperature=options.temperature,
-                seed=_attempt_seed(options.seed, row.id, row.attempt))))
+                seed=_attempt_seed(options.seed + 1009 * options.survey_pass, row.id,
+                                   row.attempt))))
         retry = []
         for i, outcome in chat_many(db, teacher, requests, parallel=options.parallel,
                                     replay_invalid=True):
