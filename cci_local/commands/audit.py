@@ -40,7 +40,7 @@ def audit_cmd(obj, communities, base, samples, held_out, prefix, suffix, min_cha
     free answers to the training questions (the longest span shared with any of
     the community's stored posts, through a word n-gram index); the extracted
     texts by instruction and document id, never by author."""
-    from ..evaluate.audit import AuditError, AuditOptions, audit
+    from ..evaluate.audit import AuditError, AuditOptions
     from ..llm import default_model
     from ..store import select_communities
 
@@ -51,7 +51,8 @@ def audit_cmd(obj, communities, base, samples, held_out, prefix, suffix, min_cha
     for name in select_communities(obj.db, list(communities)):
         try:
             results.append(staged(f"audit r/{name}", "model calls", lambda progress, n=name:
-                                  audit(obj.db, n, base, options, progress=progress)))
+                                  obj.audit(n, base=base, options=options,
+                                            progress=progress)))
         except AuditError as e:
             fail(str(e))
     if json_or_notes({"audits": [r.as_dict() for r in results]},

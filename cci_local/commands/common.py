@@ -16,7 +16,8 @@ from rich.progress import ProgressColumn
 from rich.text import Text
 
 from ..errors import CciError
-from ..store import StoreError, open_store, resolve_path
+from ..store import StoreError
+from ..study import Study
 
 # Piped output (logs, scripts, CI) gets 120 columns instead of Rich's 80, so that
 # tables of file names stay readable; a terminal or $COLUMNS decides otherwise.
@@ -25,21 +26,20 @@ console = Console(stderr=True, width=_WIDTH)  # progress, notes, warnings, error
 out = Console(width=_WIDTH)  # results
 
 
-class Context:
-    """The click context object: the store, opened on first use."""
+class Context(Study):
+    """The click context object: the study (cci_local/study.py), whose methods the
+    commands call; its store opened on first use."""
 
-    def __init__(self, db_path):
-        self.db_path = resolve_path(db_path)
-        self._db = None
+    @property
+    def db_path(self):
+        return self.path
 
     @property
     def db(self):
-        if self._db is None:
-            try:
-                self._db = open_store(self.db_path)
-            except StoreError as e:
-                raise click.ClickException(str(e)) from e
-        return self._db
+        try:
+            return super().db
+        except StoreError as e:
+            raise click.ClickException(str(e)) from e
 
 
 def fail(message: str, code: int = 2):

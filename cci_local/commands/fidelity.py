@@ -63,7 +63,7 @@ def fidelity_cmd(obj, community, base, samples, real, max_tokens, temperature, m
     and sentiment divergence, each with a 95% bootstrap CI, next to a split half of the
     real documents (the ceiling); toxicity (Detoxify from a local checkpoint, else the
     LLM judge) and harm (the LLM judge, with its reasons) of every kept text."""
-    from ..evaluate.fidelity import REAL, FidelityOptions, JudgeOptions, run_fidelity
+    from ..evaluate.fidelity import REAL, FidelityOptions, JudgeOptions
     from ..llm import default_model
     from ..store import select_communities
 
@@ -77,8 +77,8 @@ def fidelity_cmd(obj, community, base, samples, real, max_tokens, temperature, m
                               enabled=not no_judges)
         if harm_rubric:
             judges.harm_rubric = _read_rubric(harm_rubric)
-        result = staged("fidelity", "answers", lambda progress: run_fidelity(
-            obj.db, name, base, options, persona=not no_persona, include_base=not no_base,
+        result = staged("fidelity", "answers", lambda progress: obj.fidelity(
+            name, base=base, options=options, persona=not no_persona, include_base=not no_base,
             judges=judges, progress=progress, aligned_server=aligned_server,
             aligned_name=aligned_name, parallel=parallel))
     except ValueError as e:

@@ -74,39 +74,21 @@ def generate(obj, communities, mode, teacher, parallel, max_rows, n_open, n_choi
         return
     if n_open + n_choice == 0:
         fail("--open and --choice are both 0: nothing to ask")
-    from ..generate import CrossOptions, cross_instruct
-    from ..generate.survey_size import forecast, reach
-    from ..llm import default_model, get_backend
-    from ..llm.cache import identity
-    from ..store import select_communities
-
-    options = CrossOptions(n_open=n_open, n_choice=n_choice, max_attempts=attempts,
-                           max_rows=max_rows, doc_words=doc_words, temperature=temperature,
-                           seed=seed, holdout=holdout, parallel=parallel, context=context)
-    backend = get_backend(default_model("teacher", teacher))
-    if backend.remote:
-        console.print(f"[yellow]note:[/yellow] {backend.describe()} is a remote model: the "
-                      "documents shown to it leave this machine", highlight=False)
-    names = select_communities(obj.db, list(communities) or None)
     bar = progress_bar("teacher rows")
-    reached = None
     try:
-        settings = options.settings(identity(obj.db, backend), names)
-        note(forecast(obj.db, names, options, settings, survey_questions).line())
         with bar:
             task = bar.add_task("rows", total=None)
-            report = cross_instruct(obj.db, names, backend, options,
-                                    progress=advance(bar, task))
-            if survey_questions and not report.unfinished:
-                task = bar.add_task("held-out rows, survey only", total=None)
-                reached = reach(obj.db, names, backend, options, survey_questions,
-                                progress=advance(bar, task))
+            made = obj.generate(
+                communities, teacher=teacher, survey_questions=survey_questions,
+                progress=advance(bar, task), log=lambda text: note(text),
+                n_open=n_open, n_choice=n_choice, max_attempts=attempts, max_rows=max_rows,
+                doc_words=doc_words, temperature=temperature, seed=seed, holdout=holdout,
+                parallel=parallel, context=context)
     except KeyboardInterrupt:
         done = obj.db.execute("SELECT count(*) FROM teacher_rows").fetchone()[0]
         interrupted(f"{done:,} rows are stored; run the same command again to finish (no "
                     "stored row is asked again)")
-    finally:
-        backend.close()
+    report, reached = made.report, made.survey
     _print_cross(report)
     if reached is not None:
         _print_reached(reached)

@@ -53,15 +53,15 @@ def psychometrics_cmd(obj, communities, instrument, item_bank, repeats, prefixes
     difference between communities."""
 
     from ..evaluate.instruments import load_instrument
-    from ..evaluate.psychometrics import RESAMPLES, difference, run_psychometrics
+    from ..evaluate.psychometrics import RESAMPLES, difference
     from ..llm import default_model
     from ..store import select_communities
 
     inst = load_instrument(instrument, item_bank)
     names = select_communities(obj.db, list(communities))
     base = default_model("base", base)
-    result = staged("psychometrics", "items", lambda progress: run_psychometrics(
-        obj.db, names, inst, base, persona=not no_persona, include_base=not no_base,
+    result = staged("psychometrics", "items", lambda progress: obj.psychometrics(
+        names, inst, base=base, persona=not no_persona, include_base=not no_base,
         repeats=repeats, scoring=scoring, prefixes=prefixes, seed=seed, progress=progress,
         aligned_server=aligned_server, aligned_name=aligned_name))
     scores = result.scores

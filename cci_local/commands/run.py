@@ -88,7 +88,7 @@ def run_cmd(obj, communities, corpus, dumps, offline, limit, teacher, base, max_
     audit of each adapter, then write the report beside the store.  What is done
     already is skipped: a second identical run makes no model call; an interrupted
     one goes on where it stopped."""
-    from ..pipeline import STAGES, PipelineError, RunOptions, run_pipeline
+    from ..pipeline import STAGES, PipelineError, RunOptions
 
     given = {k: v for k, v in dict(
         corpus=tuple(corpus) or None, dumps=dumps, limit=limit, teacher=teacher, base=base,
@@ -126,8 +126,7 @@ def run_cmd(obj, communities, corpus, dumps, offline, limit, teacher, base, max_
 
     try:
         with bar:
-            report = run_pipeline(obj.db, obj.db_path, list(communities), options,
-                                  progress=progress, log=log)
+            report = obj.run(communities, options=options, progress=progress, log=log)
     except PipelineError as e:
         if str(e).startswith("nothing was run"):
             fail(str(e), 1)

@@ -12,7 +12,6 @@ from .common import (
     base_option,
     ci,
     communities_argument,
-    fail,
     json_option,
     json_or_notes,
     out,
@@ -43,41 +42,29 @@ from .common import (
               help="How a question is put: must contain {question} and {options}.")
 @click.option("--samples", type=click.IntRange(min=1), default=10, show_default=True,
               help="Sampled answers per question where a backend has no log-probabilities.")
+@click.option("--permute", type=click.IntRange(min=1, max=26), default=1, show_default=True,
+              metavar="N", help="Ask each question with its options in N cyclic orders; "
+              "its answer is the option with the most probability summed over them (the "
+              "remedy for small models' letter and position habits; N times the calls).")
 @aligned_server_options
 @parallel_option("Questions")
 @json_option("the results")
 @click.pass_obj
 def survey_cmd(obj, communities, survey_file, base, split_by, scoring, no_persona, no_aligned,
-               persona_text, question_template, samples, aligned_server, aligned_name,
-               parallel, as_json):
+               persona_text, question_template, samples, permute, aligned_server,
+               aligned_name, parallel, as_json):
     """Administer a survey to the base model, the persona-prompted base and each
     community's aligned model: the held-out CommSurvey of COMMUNITIES (default: all),
     or with --survey a file of your own.  Answers are stored; a re-run asks nothing twice."""
-    from ..evaluate.survey import PERSONA, QUESTION, check_wording, run_survey
-    from ..evaluate.survey_file import load_survey, survey_communities
-    from ..llm import default_model
-    from ..store import normalise_community, select_communities
+    from ..store import normalise_community
 
-    template = question_template or QUESTION
-    persona_text = persona_text or PERSONA
-    check_wording(template, persona_text)  # before anything is read or stored
-    survey_id = None
-    if survey_file:
-        survey_id = load_survey(obj.db, survey_file, split_by)
-        known = survey_communities(obj.db, survey_id)
-        names = [normalise_community(c) for c in communities] or known
-        unknown = [c for c in names if c not in known]
-        if unknown:
-            fail(f"{survey_file} has no answers for " + ", ".join(f"r/{c}" for c in unknown)
-                 + " (it has " + ", ".join(f"r/{c}" for c in known) + ")")
-    else:
-        names = select_communities(obj.db, list(communities) or None)
-    base = default_model("base", base)
-    result = staged("survey", "questions", lambda progress: run_survey(
-        obj.db, names, base, split_by=split_by, survey_id=survey_id, persona=not no_persona,
-        aligned=not no_aligned, persona_text=persona_text, template=template, scoring=scoring,
-        samples=samples, survey_file=survey_file, progress=progress,
-        aligned_server=aligned_server, aligned_name=aligned_name, parallel=parallel))
+    result = staged("survey", "questions", lambda progress: obj.survey(
+        communities, survey_file=survey_file, base=base, split_by=split_by, scoring=scoring,
+        persona=not no_persona, aligned=not no_aligned, persona_text=persona_text,
+        question_template=question_template, samples=samples, permute=permute,
+        aligned_server=aligned_server, aligned_name=aligned_name, parallel=parallel,
+        progress=progress))
+    names = result.communities or [normalise_community(c) for c in communities]
     data = result.as_dict(names)
     if json_or_notes(data, result.notes, as_json):
         return

@@ -65,7 +65,7 @@ def topics(obj, communities, embedder, reducer, clusterer, n_topics, min_cluster
         TimeRemainingColumn,
     )
 
-    from ..topics import TopicParams, fit_topics
+    from ..topics import TopicParams
 
     params = TopicParams(embedder=embedder, reducer=reducer, clusterer=clusterer,
                          min_cluster_size=min_cluster_size, selection=selection, split=split,
@@ -77,7 +77,7 @@ def topics(obj, communities, embedder, reducer, clusterer, n_topics, min_cluster
                DocsPerSecond(), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
         task = bar.add_task("embed", total=None)
-        summary = fit_topics(obj.db, list(communities) or None, params, force=force,
+        summary = obj.topics(communities, params=params, force=force,
                              progress=advance(bar, task))
     _print_topics(summary)
 

@@ -91,7 +91,7 @@ def train_cmd(obj, community, base, trainer, steps, epochs, lr, batch_size, micr
     data and settings is reused.  The settings are fitted to --memory first.
     """
     from ..llm import default_model
-    from ..train import TrainConfig, plan, train
+    from ..train import TrainConfig, plan
 
     config = TrainConfig(rank=rank, alpha=alpha, dropout=dropout, lr=lr, epochs=epochs,
                          steps=steps, batch_size=batch_size,
@@ -143,9 +143,9 @@ def train_cmd(obj, community, base, trainer, steps, epochs, lr, batch_size, micr
 
     try:
         with bar:
-            row = train(obj.db, community, base, config, trainer=trainer, kinds=kinds,
-                        max_examples=max_examples, on_step=on_step, split_by=split_by,
-                        memory=memory, pinned=pinned, on_plan=on_plan)
+            row = obj.train(community, base=base, config=config, trainer=trainer, kinds=kinds,
+                            max_examples=max_examples, on_step=on_step, split_by=split_by,
+                            memory=memory, pinned=pinned, on_plan=on_plan)
     except KeyboardInterrupt:
         interrupted("run the same command again to continue from the last checkpoint")
     verb = "already trained" if row["reused"] else "trained"

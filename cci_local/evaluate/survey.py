@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlite_utils
 
@@ -164,17 +164,30 @@ def commsurvey_items(db: sqlite_utils.Database, communities: list[str],
     return list(items.values())
 
 
+def orders(options: dict[str, str], permute: int) -> list[tuple[dict[str, str], dict[str, str]]]:
+    """The first ``permute`` cyclic shifts of the option texts over the same letters
+    (at most one per option): (options as shown, shown letter -> original letter)."""
+    letters, texts = list(options), list(options.values())
+    k = len(letters)
+    return [({letters[j]: texts[(j + s) % k] for j in range(k)},
+             {letters[j]: letters[(j + s) % k] for j in range(k)})
+            for s in range(max(1, min(permute, k)))]
+
+
 def administer(db: sqlite_utils.Database, respondent: str, backend: Backend, items: list[Item],
                *, persona: str | None = None, template: str = QUESTION,
                scoring: str = "letter", samples: int = 10, progress=None,
-               parallel: int = 1) -> dict[str, Answer]:
+               parallel: int = 1, permute: int = 1) -> dict[str, Answer]:
     """Ask ``backend`` every item (as ``respondent``); store and return the answers.
     Items answered before by the same model with the same wording are read back.  A
-    server respondent is asked up to ``parallel`` items at once."""
+    server respondent is asked up to ``parallel`` items at once.  ``permute`` N > 1:
+    each item is asked with its options in N cyclic orders, and its answer is the
+    option with the most probability summed over them (arXiv 2306.07951)."""
     from ..llm.cache import identity
 
     ident = identity(db, backend)
-    wording = hashlib.sha256(json.dumps([persona, template, scoring]).encode()).hexdigest()[:16]
+    wording = hashlib.sha256(json.dumps([persona, template, scoring] + (
+        [permute] if permute > 1 else [])).encode()).hexdigest()[:16]
     done = {row[0]: Answer(row[1], json.loads(row[2]), row[3]) for row in db.execute(
         "SELECT item, chosen, distribution, method FROM survey_answers WHERE respondent = ?"
         " AND identity = ? AND wording = ?", [respondent, ident, wording])}
@@ -183,12 +196,27 @@ def administer(db: sqlite_utils.Database, respondent: str, backend: Backend, ite
     if progress and out:
         progress(len(out))
     todo = [item for item in items if item.key not in done]
-    questions = [(question_messages(item.question, item.options, persona=persona,
-                                    template=template), item.options) for item in todo]
+    questions, owner = [], []
+    for n, item in enumerate(todo):
+        for shown, back in orders(item.options, permute):
+            questions.append((question_messages(item.question, shown, persona=persona,
+                                                template=template), shown))
+            owner.append((n, back))
+    parts: dict[int, list] = {}
     # Each answer is stored as it comes; a model in this process is asked one at a time.
     for i, answer in ask_many(db, backend, questions, scoring=scoring, samples=samples,
                               parallel=parallel):
-        item = todo[i]
+        n, back = owner[i]
+        item = todo[n]
+        parts.setdefault(n, []).append((answer, back))
+        if len(parts[n]) < len(orders(item.options, permute)):
+            continue
+        if len(parts[n]) > 1:  # summed over the orders, by original option
+            total = dict.fromkeys(item.options, 0.0)
+            for part, mapping in parts[n]:
+                for letter, p in part.distribution.items():
+                    total[mapping[letter]] += p / len(parts[n])
+            answer = Answer(_choice(total), total, f"{answer.method} x{len(parts[n])} orders")
         db.execute("INSERT OR IGNORE INTO survey_answers (respondent, model, identity,"
                    " wording, item, instruction_id, chosen, distribution, method,"
                    " scoring, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -212,6 +240,7 @@ class SurveyResult:
     answers: dict[str, dict[str, Answer]]  # respondent -> item key -> answer
     notes: list[str]
     scoring: str = "letter"
+    communities: list[str] = field(default_factory=list)  # whose answer keys were asked
 
     def key(self, community: str) -> dict[str, str]:
         return {it.key: it.answers[community] for it in self.items if community in it.answers}
@@ -318,16 +347,16 @@ def _positions(item: Item) -> list[float]:
 
 def check_wording(template: str, persona_text: str) -> None:
     """SurveyError unless the question template and persona text can be filled in."""
-    for field, text, needs in (("--question-template", template, ("question", "options")),
+    for flag, text, needs in (("--question-template", template, ("question", "options")),
                                ("--persona-text", persona_text, ())):
         try:
             text.format(question="", options="", community="")
         except (KeyError, IndexError, ValueError) as e:
-            raise SurveyError(f"{field}: only {{question}}, {{options}} and {{community}} can "
+            raise SurveyError(f"{flag}: only {{question}}, {{options}} and {{community}} can "
                               f"be replaced ({type(e).__name__}: {e})") from None
         missing = [n for n in needs if "{" + n + "}" not in text]
         if missing:
-            raise SurveyError(f"{field} must contain " + " and ".join("{" + n + "}"
+            raise SurveyError(f"{flag} must contain " + " and ".join("{" + n + "}"
                                                                        for n in missing))
 
 
@@ -336,14 +365,16 @@ def run_survey(db: sqlite_utils.Database, communities: list[str], base: str | No
                aligned: bool = True, persona_text: str = PERSONA, template: str = QUESTION,
                scoring: str = "letter", samples: int = 10, survey_file: str | None = None,
                progress=None, aligned_server: str | None = None,
-               aligned_name: str = "{community}", parallel: int = 1) -> SurveyResult:
+               aligned_name: str = "{community}", parallel: int = 1,
+               permute: int = 1) -> SurveyResult:
     """The survey stage's entry: administer a survey to the base model, the base with
     each community's persona, and each community's aligned model: the held-out
     CommSurvey of ``communities`` (``split_by``: random or topic), or the stored outside
     survey ``survey_id`` (loaded from ``survey_file``).  The figures are kept for the
     report (``stage_results``) when there were questions to ask.  The aligned models
     are the base with each adapter switched in, or with ``aligned_server`` that
-    server's models (``aligned_name``), asked ``parallel`` questions at once."""
+    server's models (``aligned_name``), asked ``parallel`` questions at once;
+    ``permute``: each question in that many option orders (``administer``)."""
     from ..respondents import panel
 
     check_wording(template, persona_text)
@@ -361,7 +392,7 @@ def run_survey(db: sqlite_utils.Database, communities: list[str], base: str | No
     if not items:
         notes.append(f"no questions in the {source} for these communities" + (
             "" if survey_id else ": run `cci-local generate` first"))
-        return SurveyResult(source, items, {}, notes, scoring)
+        return SurveyResult(source, items, {}, notes, scoring, list(communities))
     respondents = panel(db, communities, base, persona=persona, aligned=aligned,
                         persona_text=persona_text, aligned_server=aligned_server,
                         aligned_name=aligned_name)
@@ -374,11 +405,13 @@ def run_survey(db: sqlite_utils.Database, communities: list[str], base: str | No
         for respondent, model, system in plan:
             answers[respondent] = administer(
                 db, respondent, model, items, persona=system, template=template,
-                scoring=scoring, samples=samples, parallel=parallel,
+                scoring=scoring, samples=samples, parallel=parallel, permute=permute,
                 progress=(lambda n: progress("advance", n)) if progress else None)
     finally:
         respondents.close()
-    result = SurveyResult(source, items, answers, notes, scoring)
+    result = SurveyResult(source, items, answers, notes, scoring, list(communities))
     save_result(db, "survey", communities, {"base": base, "split": split_by, "scoring": scoring,
-                                            "survey": survey_file}, result.as_dict(communities))
+                                            "survey": survey_file} | (
+                                                {"permute": permute} if permute > 1 else {}),
+                result.as_dict(communities))
     return result

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import sqlite_utils
 
-from ..evaluate.power import min_detectable_difference, questions_needed
+from ..evaluate.power import ASSUMED_DISCORDANCE, min_detectable_difference, questions_needed
 from .cross import CrossOptions, _topic_run, capped, cross_instruct
 from .splits import ensure_holdout
 
@@ -80,10 +80,11 @@ class Forecast:
                     f"held-out chunk rows): showing a difference of {TARGET:.2f} needs about "
                     f"{needed} per community; {aim}")
         mdd = min_detectable_difference(n)
-        return (f"power: with about {n} held-out survey questions per community, a "
-                f"difference in accuracy under {mdd:.2f} cannot be shown (80% power, 95% "
-                f"confidence, half the questions discordant); showing {TARGET:.2f} needs "
-                f"about {needed}; {aim}")
+        shown = ("no difference in accuracy can be shown" if mdd >= ASSUMED_DISCORDANCE
+                 else f"a difference in accuracy under {mdd:.2f} cannot be shown")
+        return (f"power: with about {n} held-out survey questions per community, {shown} "
+                f"(80% power, 95% confidence, half the questions discordant); showing "
+                f"{TARGET:.2f} needs about {needed}; {aim}")
 
 
 def forecast(db: sqlite_utils.Database, names: list[str], options: CrossOptions,
