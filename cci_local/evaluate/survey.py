@@ -216,7 +216,7 @@ def administer(db: sqlite_utils.Database, respondent: str, backend: Backend, ite
             for part, mapping in parts[n]:
                 for letter, p in part.distribution.items():
                     total[mapping[letter]] += p / len(parts[n])
-            answer = Answer(_choice(total), total, f"{answer.method} x{len(parts[n])} orders")
+            answer = Answer(_choice(total), total, answer.method)  # orders: in ``wording``
         db.execute("INSERT OR IGNORE INTO survey_answers (respondent, model, identity,"
                    " wording, item, instruction_id, chosen, distribution, method,"
                    " scoring, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -112,11 +112,11 @@ def power_row(comparison: str, a_hits, b_hits) -> dict:
     """The smallest difference this comparison's questions show at 80% power and 95%
     confidence, for its observed discordant share (docs/method.md#power), and the
     questions a difference of TARGET needs at that share."""
-    n, share = len(a_hits), discordance(a_hits, b_hits)
+    n, share = len(a_hits), round(discordance(a_hits, b_hits), 3)
     # Under TARGET the two nearly always agree: a difference of TARGET cannot arise at
     # that share, so the figures are for the share assumed before any answer.
     used = share if share >= TARGET else ASSUMED_DISCORDANCE
-    return {"comparison": comparison, "questions": n, "discordance": round(share, 3),
+    return {"comparison": comparison, "questions": n, "discordance": share,
             "discordance_used": used,
             "min_detectable": round(min_detectable_difference(n, used), 3),
             "needed_for": TARGET, "questions_needed": questions_needed(TARGET, used)}

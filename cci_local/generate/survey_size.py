@@ -80,7 +80,8 @@ class Forecast:
                     f"held-out chunk rows): showing a difference of {TARGET:.2f} needs about "
                     f"{needed} per community; {aim}")
         mdd = min_detectable_difference(n)
-        shown = ("no difference in accuracy can be shown" if mdd >= ASSUMED_DISCORDANCE
+        shown = (f"even a difference in accuracy of {ASSUMED_DISCORDANCE:.2f} cannot be shown"
+                 if mdd >= ASSUMED_DISCORDANCE
                  else f"a difference in accuracy under {mdd:.2f} cannot be shown")
         return (f"power: with about {n} held-out survey questions per community, {shown} "
                 f"(80% power, 95% confidence, half the questions discordant); showing "
