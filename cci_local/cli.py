@@ -15,6 +15,7 @@ from . import __version__
 from .commands.adapters import adapters_group
 from .commands.ask import ask_cmd, chat_cmd
 from .commands.audit import audit_cmd
+from .commands.browse import browse_cmd
 from .commands.common import Context, console
 from .commands.fidelity import fidelity_cmd
 from .commands.generate import generate
@@ -57,6 +58,6 @@ def cli(ctx, db_path):
 # In pipeline order, then the tools around it.
 for command in (run_cmd, collect_cmd, ingest_cmd, scrub_cmd, status, topics, generate, train_cmd,
                 survey_cmd, psychometrics_cmd, fidelity_cmd, audit_cmd, ask_cmd, chat_cmd,
-                serve_cmd,
+                serve_cmd, browse_cmd,
                 report_cmd, export_cmd, adapters_group, import_cmd, prompt, models, doctor):
     cli.add_command(command)

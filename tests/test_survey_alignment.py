@@ -323,3 +323,24 @@ def test_chat_in_a_terminal_then_through_a_pipe(aligned_store):
     assert "r/nutrition> " in piped.stdout and "3 turns kept" in piped.stderr
     assert db.execute("SELECT count(*) FROM llm_calls").fetchone()[0] == calls
     assert db.execute("SELECT count(*) FROM asked WHERE session = 2").fetchone()[0] == 3
+
+
+@pytest.mark.slow
+def test_browse_finds_the_questions_where_aligned_and_base_disagree(aligned_store):
+    import cci_local
+    from cci_local.browse import QUERIES
+
+    cci("survey", "--scoring", "text", "--no-persona", db=aligned_store)  # read back if done
+    study = cci_local.open(aligned_store)
+    rows = study.db.execute(QUERIES["aligned_and_base_disagree"]["sql"]).fetchall()
+    answers = study.frames.survey_answers()
+    base = answers[answers.respondent == "base"]
+    aligned = answers[answers.respondent.str.startswith("aligned:")]
+    both = aligned.merge(base, on="item", suffixes=("", "_base"))
+    both = both[(both.chosen != both.chosen_base)
+                & (both.scoring == both.scoring_base)]  # same wording: same scoring here
+    expected = sorted(zip(both.respondent, both.item, both.chosen_base, both.chosen,
+                          strict=True))
+    assert sorted((r[0], r[1], r[3], r[4]) for r in rows) == expected and expected
+    assert all(r[5] for r in rows)  # each with the community's own answer
+    study.close()

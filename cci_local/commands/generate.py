@@ -110,8 +110,10 @@ def _print_reached(r) -> None:
         table.add_row(community, f"{r.before[community]:,}", f"{r.after[community]:,}",
                       style=None if r.after[community] >= r.target else "yellow")
     out.print(table)
-    out.print(f"{r.calls:,} teacher calls ({r.cached:,} answers read from the store) over "
-              f"{r.rows_asked:,} held-out rows in {r.seconds:,.1f} s", highlight=False)
+    out.print(f"{r.calls:,} teacher calls ({r.cached:,} answers read from the store) for "
+              f"{r.rows_asked:,} asks of the {r.held_out_rows:,} held-out rows in "
+              f"{r.seconds:,.1f} s", highlight=False)
+    note(r.line())
     for text in r.notes:
         note(text)
 

@@ -122,9 +122,16 @@ class Reached:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
+    held_out_rows: int = 0
+
     @property
     def reached(self) -> bool:
         return bool(self.after) and min(self.after.values()) >= self.target
+
+    def line(self) -> str:
+        """The power line for the held-out questions there are now."""
+        return Forecast(self.held_out_rows, dict(self.after)).line().replace(
+            "with about", "now with", 1)
 
 
 def reach(db: sqlite_utils.Database, names: list[str], teacher, options: CrossOptions,
@@ -135,7 +142,7 @@ def reach(db: sqlite_utils.Database, names: list[str], teacher, options: CrossOp
     nothing twice).  Stops early when a pass adds no question."""
     run_id = _topic_run(db, names)
     held = sum(r.split == "test" for r in _rows(db, run_id, names, options))
-    result = Reached(target, held_out_counts(db, run_id, names))
+    result = Reached(target, held_out_counts(db, run_id, names), held_out_rows=held)
     result.after = dict(result.before)
     if held == 0:
         result.notes.append("the topic run holds out no chunk row: refit topics with smaller "
