@@ -47,7 +47,7 @@ def test_the_analysis_notebook_runs_on_a_store(study_store, monkeypatch):
     monkeypatch.setenv("CCI_STUDY", str(study_store))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     start = time.monotonic()
-    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+    nbclient.NotebookClient(notebook, timeout=600, startup_timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     seconds = time.monotonic() - start
     print(f"notebook ran in {seconds:.1f} s")
