@@ -32,8 +32,8 @@ def lines_with(bad: list[bytes]) -> bytes:
 
 BAD_RECORDS = [
     (b'{"id": "x1", "subreddit": "keto", "body": "unterminated', "invalid JSON"),
-    (b'{"id": "x2", "subreddit": "keto", "body": "caf\xe9 au lait every day"}',
-     "invalid UTF-8 in record"),
+    (b'{"id": "x2", "subreddit": 7, "body": "fine words in this one"}',
+     "field 'subreddit': expected a name, got 7"),
     (b'{"id": "x3", "subreddit": "keto", "body": "fine text here", "created_utc": "yesterday"}',
      "field 'created_utc': expected a Unix timestamp or ISO date, got 'yesterday'"),
     (b'{"id": "x4", "subreddit": "keto", "body": 12345}', "field 'body': expected text, got 12345"),
@@ -96,22 +96,24 @@ def test_csv_malformed_rows(tmp_path, db):
     path = tmp_path / "export.csv"
     path.write_bytes(
         b"subreddit,body,created_utc,score\n"
-        b"keto,Bacon and eggs every morning for a year now,1641000000,5\n"
+        b"keto,Bacon and eggs at the caf\xc3\xa9 every morning for a year,1641000000,5\n"
         b"keto,\"Multi-line comment\nthat spans two lines of the file\",1641000001,2\n"
         b"keto,Invalid bytes \xff\xfe inside this row,1641000002,1\n"
         b"keto,Too few columns here\n"
         b"keto,Score that is not a number at all,1641000003,lots\n"
         b"keto,Last row is perfectly fine and stored,2022-01-02T10:00:00Z,7\n")
     rep = ingest(db, [str(path)]).sources[0]
+    # UTF-8 (the cafe's e is), with two stray bytes: they become U+FFFD, the row stays
+    assert rep.encoding == "" and rep.undecodable == 2
     assert rep.error_lines() == [
-        f"{path}:5: invalid UTF-8 in record",
         f"{path}:6: expected 4 columns, found 2",
         f"{path}:7: field 'score': expected an integer, got 'lots'",
     ]
     rows = db.execute("SELECT text, created_utc, source_line FROM documents ORDER BY source_line")
     assert rows.fetchall() == [
-        ("Bacon and eggs every morning for a year now", 1641000000, 2),
+        ("Bacon and eggs at the caf\u00e9 every morning for a year", 1641000000, 2),
         ("Multi-line comment\nthat spans two lines of the file", 1641000001, 3),
+        ("Invalid bytes \ufffd\ufffd inside this row", 1641000002, 5),
         ("Last row is perfectly fine and stored", 1641117600, 8)]
 
 

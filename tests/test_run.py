@@ -79,6 +79,10 @@ def test_run_end_to_end_offline_then_again_with_no_model_call(tmp_path):
     assert all(s["status"] == "ran" for n, s in stages.items() if n != "survey"), report
     assert stages["generate"]["calls"] > 0 and report["model_calls"] > 0
     assert (tmp_path / "refused.log").read_text() == "", "something tried to leave the machine"
+    # what the held-out survey can show is said before the teacher's first call
+    said = first.stderr
+    assert "note: power: with about" in said and "showing 0.10 needs about 391" in said
+    assert said.index("note: power:") < said.index("generate: ran")
 
     # Every stage left its work in the store.
     store = open_store(db)

@@ -56,6 +56,10 @@ from .common import console, date, interrupted, out
               help="Field holding the id of the post a comment belongs to.")
 @click.option("--community-field", metavar="FIELD",
               help="Field holding the community's name (else --community, else the file name).")
+@click.option("--encoding", metavar="NAME",
+              help="Every file's text encoding (utf-8, cp1252, utf-16, latin-1, ...); by "
+              "default each file's is decided from its bytes: UTF-8, a byte-order mark, or a "
+              "detected legacy encoding (Excel's CSV on Windows is cp1252).")
 @click.option("--fields", "fields_file", type=click.Path(exists=True, dir_okay=False),
               help="A TOML mapping file with the same keys: text = [\"postText\"], "
               "created = \"date\", ... (options given here win).")
@@ -63,7 +67,7 @@ from .common import console, date, interrupted, out
 def ingest_cmd(obj, sources, community, fmt, strict, limit, force, min_words, max_words, bots,
                keep_pii, scrub_names, workers, text_fields, title_field, created_field,
                author_field, id_field, score_field, parent_field, thread_field, community_field,
-               fields_file):
+               encoding, fields_file):
     """Read Reddit dumps (NDJSON, .zst, .gz), CSV exports or JSON into the store.
 
     SOURCES are files or directories (read recursively); the format and
@@ -91,7 +95,7 @@ def ingest_cmd(obj, sources, community, fmt, strict, limit, force, min_words, ma
     try:
         report = ingest(obj.db, list(sources), community=community, fmt=fmt, strict=strict,
                         limit=limit, force=force, options=options, workers=workers,
-                        progress=console.is_terminal, fields=fields)
+                        progress=console.is_terminal, fields=fields, encoding=encoding)
     except KeyboardInterrupt:
         stored = obj.db.execute("SELECT count(*) FROM documents").fetchone()[0]
         interrupted(f"the store keeps {stored:,} documents; run the same command again to "
@@ -122,6 +126,14 @@ def _print_ingest(report: IngestReport, pii: bool = True) -> None:
             continue
         if s.status == "left":
             out.print(f"{s.path}: left, {s.note}", style="dim", highlight=False, soft_wrap=True)
+        if s.encoding:
+            out.print(f"{s.name}: read as {s.encoding}", style="dim", highlight=False,
+                      soft_wrap=True)
+        if s.undecodable:
+            console.print(f"[yellow]warning:[/yellow] {s.path}: {s.undecodable:,} byte(s) are "
+                          "not valid in that encoding; each became U+FFFD and its record was "
+                          "kept (if the file is in another encoding, give --encoding NAME)",
+                          highlight=False, soft_wrap=True)
         if s.layout:
             out.print(f"{s.name}: {s.layout}", style="dim", highlight=False, soft_wrap=True)
         if s.dropped:
@@ -137,14 +149,16 @@ def _print_ingest(report: IngestReport, pii: bool = True) -> None:
                 console.print(f"[yellow]warning:[/yellow] {s.path}: {s.bad - len(s.errors):,} more "
                               "malformed records (all listed in the store's ingest_errors table)",
                               highlight=False, soft_wrap=True)
-    named: dict[str, list[str]] = {}
-    for s in report.sources:
-        if s.community and s.status == "ingested":
-            named.setdefault(s.community, []).append(s.name)
-    for name, files in named.items():
-        which = files[0] if len(files) == 1 else f"{len(files)} files ({files[0]}, ...)"
-        out.print(f"community r/{name} from the file or folder name, for records of {which} "
-                  "that carry none", style="dim", highlight=False, soft_wrap=True)
+    named: dict[str, list] = {}
+    for s in report.sources:  # only where records took the name, and how many
+        if s.community and s.named:
+            named.setdefault(s.community, []).append(s)
+    for name, sources in named.items():
+        count = sum(s.named for s in sources)
+        which = sources[0].name if len(sources) == 1 else \
+            f"{len(sources)} files ({sources[0].name}, ...)"
+        out.print(f"community r/{name} from the file or folder name for {count:,} documents of "
+                  f"{which} that carry none", style="dim", highlight=False, soft_wrap=True)
     already = sum(s.status == "already ingested" for s in report.sources)
     if already:
         out.print(f"{already} file(s) already ingested: --force re-reads them, adding only "

@@ -37,19 +37,21 @@ from rich.text import Text
 from ..errors import CciError
 from ..store import ensure_community, normalise_community, pseudonym_key
 from .clean import CleanOptions, Pseudonymiser
+from .encoding import UnknownEncoding, codec
+from .no_records import no_records as _no_records
 from .readers import (
     FORMAT_ALIASES,
     FORMATS,
     BadSource,
     open_csv,
-    open_decompressed,
+    open_text,
     read_csv,
     read_json,
     read_ndjson,
     sniff_format,
 )
 from .records import Converter, convert_chunk, convert_chunk_in_worker, init_worker, insert_sql
-from .shapes import EXPECTED, FieldMap, community_from_path, describe_value, mapping_hint
+from .shapes import FieldMap, community_from_path
 
 __all__ = ["ingest", "IngestReport", "SourceReport", "BadInput", "CleanOptions", "FORMATS",
            "FieldMap"]
@@ -76,6 +78,9 @@ class SourceReport:
     status: str = "ingested"  # or "already ingested", "skipped", "left", "no records"
     note: str = ""  # why it was skipped, left, or found nothing
     community: str = ""  # the community the file's name says, where records carry none
+    named: int = 0  # documents that took that name (their records carry no community)
+    encoding: str = ""  # how the file was decoded, where not plainly UTF-8
+    undecodable: int = 0  # bytes the encoding could not decode: U+FFFD, records kept
     records: int = 0
     added: int = 0
     bad: int = 0
@@ -118,6 +123,7 @@ class _Plan:
     name: str
     format: str
     community: str | None = None  # what the file's or folder's name says
+    encoding: str | None = None  # --encoding (else decided per file: encoding.py)
 
 
 def _fingerprint(path: Path) -> tuple[str, int]:
@@ -133,10 +139,10 @@ def _fingerprint(path: Path) -> tuple[str, int]:
 
 
 def _detect(path: Path, fmt: str, fields: FieldMap | None = None,
-            community: str | None = None) -> str:
+            community: str | None = None, encoding: str | None = None) -> str:
     """The file's format; BadSource when it cannot give records (a CSV with no text
     column, or with no community column, no --community and a name that says none)."""
-    stream, raw, _ = open_decompressed(path)
+    stream, raw, *_ = open_text(path, encoding)
     try:
         detected = sniff_format(stream) if fmt == "auto" else fmt
         if detected == "csv":
@@ -154,8 +160,8 @@ def _detect(path: Path, fmt: str, fields: FieldMap | None = None,
 
 
 def plan_sources(paths: list[str], fmt: str = "auto", *, fields: FieldMap | None = None,
-                 community: str | None = None, only: frozenset[str] | None = None
-                 ) -> tuple[list[_Plan], list[SourceReport]]:
+                 community: str | None = None, only: frozenset[str] | None = None,
+                 encoding: str | None = None) -> tuple[list[_Plan], list[SourceReport]]:
     """Expand directories and tell each file's format before anything is stored.
 
     A file named on the command line that is not a corpus is an error (BadInput);
@@ -182,7 +188,8 @@ def plan_sources(paths: list[str], fmt: str = "auto", *, fields: FieldMap | None
                 continue
             try:
                 plans.append(_Plan(file, shown, name, _detect(file, fmt, fields,
-                                                              community or hint), hint))
+                                                              community or hint, encoding),
+                                   hint, encoding))
             except BadSource as e:
                 if not path.is_dir():
                     raise BadInput(f"{arg}: {e}") from e
@@ -215,6 +222,7 @@ def ingest(
     progress: bool = False,
     fields: FieldMap | None = None,
     only: list[str] | None = None,
+    encoding: str | None = None,
 ) -> IngestReport:
     """Read every corpus file under ``paths`` into the store's documents table.
 
@@ -223,6 +231,7 @@ def ingest(
     under PARALLEL_MIN_BYTES are done in-process: starting workers costs more.
     ``fields``: the source's own field names (``--text`` ...).  ``only``: keep these
     communities' records and leave unread the files whose names say another.
+    ``encoding``: every file's text encoding (default: decided per file, encoding.py).
 
     A file that gives no record at all is reported with its shape and how to map
     it (``status == "no records"``); with ``strict`` it stops the ingest (BadInput)."""
@@ -231,7 +240,13 @@ def ingest(
         raise BadInput(f"unknown format {fmt!r}: use auto, {', '.join(FORMATS)}")
     wanted = normalise_community(community) if community else None
     keep = frozenset(normalise_community(c).lower() for c in only) if only else None
-    plans, skipped = plan_sources(paths, fmt, fields=fields or None, community=wanted, only=keep)
+    if encoding:
+        try:
+            encoding = codec(encoding)
+        except UnknownEncoding as e:
+            raise BadInput(f"--encoding: {e}") from None
+    plans, skipped = plan_sources(paths, fmt, fields=fields or None, community=wanted, only=keep,
+                                  encoding=encoding)
     convert = Converter(Pseudonymiser(pseudonym_key(db)), options or CleanOptions(), wanted,
                         stop_at_bad=strict, fields=fields or None, only=keep)
     if workers is None:
@@ -356,7 +371,8 @@ def _ingest_source(db, plan: _Plan, convert: Converter, rep: SourceReport, *, st
             [resolved, fingerprint, size, plan.format, time.time()]).lastrowid
         conn.commit()
 
-    stream, raw, rep.compression = open_decompressed(plan.path)
+    stream, raw, rep.compression, chosen, recoded = open_text(plan.path, plan.encoding)
+    rep.encoding = "" if chosen.utf8 and chosen.how == "default" else chosen.describe()
     canonical: set[str] = set()  # community names as the store spells them
     rename: dict[str, str] = {}  # other spellings ('Keto') -> the stored one ('keto')
     batch: list[tuple] = []
@@ -401,7 +417,8 @@ def _ingest_source(db, plan: _Plan, convert: Converter, rep: SourceReport, *, st
             chunks = _chunks(read_json(stream, info), limit)
         fallback = None if convert.community else plan.community
         results = _converted(chunks, convert, pool, fallback)
-        for rows, dropped, bad, n, replaced in results:
+        for rows, dropped, bad, n, replaced, named in results:
+            rep.named += named
             spellings = {row[0] for row in rows}
             if not spellings <= canonical:  # a new community, or another spelling of one
                 for spelling in spellings - canonical:
@@ -449,38 +466,6 @@ def _ingest_source(db, plan: _Plan, convert: Converter, rep: SourceReport, *, st
     finally:
         if results is not None:
             results.close()  # stops the feeder thread before the file is closed
+        rep.undecodable = recoded.replaced
         raw.close()
         rep.seconds = time.monotonic() - started
-
-
-def _no_records(plan: _Plan, convert: Converter, rep: SourceReport, document=None) -> str:
-    """Why a non-empty file gave no record: its shape, what was expected, how to map it.
-    ``document``: a JSON file's content as read already (not parsed twice)."""
-    if document is not None:
-        return _no_records_message(plan, convert, rep, describe_value(document))
-    shape = "its shape could not be read"
-    stream, raw, _ = open_decompressed(plan.path)
-    try:
-        if plan.format == "csv":
-            _, layout, _ = open_csv(stream, convert.fields)
-            shape = f"columns {layout.header[:15]}"
-        elif plan.format == "ndjson":
-            for line in stream:
-                if line.strip():
-                    shape = "first line: " + describe_value(orjson.loads(line))
-                    break
-        else:
-            shape = describe_value(orjson.loads(stream.read()))
-    except (BadSource, ValueError, OSError, EOFError):
-        pass
-    finally:
-        raw.close()
-    return _no_records_message(plan, convert, rep, shape)
-
-
-def _no_records_message(plan: _Plan, convert: Converter, rep: SourceReport, shape: str) -> str:
-    first = rep.errors[0][1] if rep.errors else ""
-    why = "" if first.startswith(("no text field", "expected a JSON object")) else f" ({first})"
-    expected = f"{convert.fields.describe()} to find text" if convert.fields else EXPECTED
-    return (f"no records found{why}; {shape}; expected {expected}; "
-            f"{mapping_hint(plan.format)}")

@@ -121,6 +121,22 @@ def open_decompressed(path: Path) -> tuple[io.BufferedReader, object, str]:
     return io.BufferedReader(raw, 1 << 16), raw, "none"
 
 
+def open_text(path: Path, encoding: str | None = None):
+    """``open_decompressed``, then the text read as UTF-8 bytes whatever its encoding
+    (encoding.py).  Returns (stream, raw file, compression, Encoding, the Recoded
+    stream, whose ``replaced`` counts the bytes the encoding could not decode)."""
+    from .encoding import Recoded, detect, head_of
+
+    stream, raw, compression = open_decompressed(path)
+    try:
+        chosen = detect(head_of(path, stream, compression), encoding)
+    except BaseException:
+        raw.close()
+        raise
+    recoded = Recoded(stream, chosen.name)
+    return io.BufferedReader(recoded, 1 << 16), raw, compression, chosen, recoded
+
+
 def sniff_format(stream: io.BufferedReader) -> str:
     """Tell NDJSON, Reddit JSON listings and CSV apart from the first bytes."""
     try:

@@ -29,7 +29,9 @@ PII_MARGIN_WORDS = 12
 # One converted chunk: rows (community, id, kind, text, created_utc, score, link_id,
 # parent_id, author, line), drop counts, malformed records (line, reason), records seen,
 # personal data replaced in the rows' texts ({entity: count}).
-ChunkResult = tuple[list[tuple], dict[str, int], list[tuple[int, str]], int, dict[str, int]]
+# (rows, dropped per reason, bad (line, error), records, PII replaced per entity,
+#  rows whose community came from the file's name)
+ChunkResult = tuple[list[tuple], dict[str, int], list[tuple[int, str]], int, dict[str, int], int]
 
 
 def insert_sql(source_id: int) -> str:
@@ -57,11 +59,17 @@ class Converter:
         self._authors: dict[str, str] = {}  # username -> pseudonym, or "" for a bot
         self._pii = PiiScrubber(self.options.pii_names) if self.options.pii else None
         self.replaced: dict[str, int] = {}  # personal data replaced in converted texts
+        self.named = 0  # rows whose community is the file's name (they carry none)
 
     def take_replaced(self) -> dict[str, int]:
         """The personal data replaced since the last call (sent back with each chunk)."""
         replaced, self.replaced = self.replaced, {}
         return replaced
+
+    def take_named(self) -> int:
+        """Rows given the file's name as their community since the last call."""
+        named, self.named = self.named, 0
+        return named
 
     def __call__(self, record: dict, fallback: str | None = None) -> tuple | str:
         """Return (community, id, kind, text, created_utc, score, link_id, parent_id, author)
@@ -87,7 +95,9 @@ class Converter:
         author = get("author")
         if author is not None and type(author) is not str:
             raise BadRecord(f"field 'author': expected a username, got {_show(author)}")
-        community = _community(get("subreddit"), self.community, fallback)
+        subreddit = get("subreddit")
+        community = _community(subreddit, self.community, fallback)
+        named = fallback is not None and self.community is None and not _names(subreddit)
         if community is not None and self.only is not None \
                 and community.lower() not in self.only:
             community = None
@@ -151,6 +161,8 @@ class Converter:
         doc_id = get("name")
         if type(doc_id) is not str or doc_id[:3] not in ("t1_", "t3_"):
             doc_id = _document_id(get("id"), kind, community, text)
+        if named:
+            self.named += 1
         return (community, doc_id, kind, text, created, score, link_id, parent_id, pseudonym)
 
 
@@ -184,12 +196,12 @@ def convert_chunk(convert: Converter, chunk: LineBlock | list[tuple],
                 bad.append((line, error))
                 error = None
                 if convert.stop_at_bad:
-                    return rows, dropped, bad, n, convert.take_replaced()
+                    return rows, dropped, bad, n, convert.take_replaced(), convert.take_named()
             elif isinstance(result, str):
                 dropped[result] = dropped.get(result, 0) + 1
             else:
                 rows.append((*result, line))
-    return rows, dropped, bad, n, convert.take_replaced()
+    return rows, dropped, bad, n, convert.take_replaced(), convert.take_named()
 
 
 def _ndjson_triples(block: LineBlock):
@@ -227,6 +239,12 @@ def _text_field(value, key: str) -> str:
     if type(value) is str:
         return value
     raise BadRecord(f"field '{key}': expected text, got {_show(value)}")
+
+
+def _names(value) -> bool:
+    """Whether a record's 'subreddit' names a community ('r/' alone does not)."""
+    return type(value) is str and bool(value[2:].strip() if value[:2].lower() == "r/"
+                                       else value.strip())
 
 
 def _community(value, wanted: str | None, fallback: str | None = None) -> str | None:
