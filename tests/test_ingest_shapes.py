@@ -61,6 +61,7 @@ def test_scraper_posts_with_nested_comment_trees(tmp_path, db):
     # a post and two chains of three comments each: 7 records per post
     assert report.total("records") == 5 * 7 and report.total("bad") == 0
     assert report.total("added") == 35
+    assert report.total("named") == 35  # no record carries a community: all took r-keto's
     rows = db.execute("SELECT id, kind, community, created_utc, score, link_id, parent_id, author"
                       " FROM documents WHERE id LIKE '%13ab1%' ORDER BY id").fetchall()
     by_id = {r[0]: r for r in rows}

@@ -99,7 +99,8 @@ def _power(verdict: list[dict]) -> None:
             "" if row["discordance_used"] == row["discordance"]
             else f" (priced at {row['discordance_used']:.2f})")
         table.add_row(f"r/{community}", row["comparison"], f"{row['questions']}", share,
-                      f"{row['min_detectable']:.2f}", f"{row['questions_needed']}")
+                      f"none up to {row['min_detectable']:.2f}" if row.get("none_detectable")
+                      else f"{row['min_detectable']:.2f}", f"{row['questions_needed']}")
     out.print(table)
 
 

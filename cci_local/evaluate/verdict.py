@@ -119,6 +119,8 @@ def power_row(comparison: str, a_hits, b_hits) -> dict:
     return {"comparison": comparison, "questions": n, "discordance": share,
             "discordance_used": used,
             "min_detectable": round(min_detectable_difference(n, used), 3),
+            # at the discordant share itself: not even the largest possible difference
+            "none_detectable": min_detectable_difference(n, used) >= used - 1e-9,
             "needed_for": TARGET, "questions_needed": questions_needed(TARGET, used)}
 
 
