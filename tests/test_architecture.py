@@ -163,3 +163,25 @@ if __name__ == "__main__":
         print(f"wrote {SCHEMA_DOC}")
     for cycle in cycles(package_parents(import_graph())):
         print(" <-> ".join(cycle))
+
+
+def test_every_command_takes_exactly_the_options_it_declares():
+    # A decorator applied to the wrong command shows only when that command runs
+    # (`collect` once got run's --survey-questions): check every callback here.
+    import inspect
+
+    import click
+
+    from cci_local.cli import cli
+
+    def commands(group):
+        for command in group.commands.values():
+            if isinstance(command, click.Group):
+                yield from commands(command)
+            else:
+                yield command
+
+    for command in commands(cli):
+        declared = {p.name for p in command.params}
+        taken = set(inspect.signature(command.callback).parameters) - {"obj", "ctx"}
+        assert declared == taken, (command.name, declared ^ taken)

@@ -172,9 +172,6 @@ def run_cmd(obj, communities, corpus, dumps, offline, limit, teacher, base, max_
 @click.option("--since", help="Only items created at or after: 2022-01-01, epoch seconds, or an "
               "age such as 30d, 6w, 1y.")
 @click.option("--until", help="Only items created before this time (same forms).")
-@click.option("--survey-questions", type=click.IntRange(min=1), metavar="M",
-              help="Generate: survey-only teacher passes over the held-out chunk rows until "
-              "each community has M held-out CommSurvey questions.")
 @click.option("--kind", "kinds", type=click.Choice(["submissions", "comments"]), multiple=True,
               help="What to collect (default: both).")
 @click.option("--url", envvar="CCI_LOCAL_ARCTIC_SHIFT_URL", metavar="URL",
