@@ -49,7 +49,7 @@ def test_the_forecast_comes_before_any_call_and_is_what_generation_stores(topics
     settings = options.settings(identity(topics_db, backend), NAMES)
     expected = forecast(topics_db, NAMES, options, settings)
     assert not backend.requests  # nothing asked yet
-    assert expected.held_out_rows >= 2 and expected.fewest >= 2
+    assert expected.held_out_rows >= 1 and expected.fewest >= 2  # rows: as the fit cuts them
     line = expected.line()
     assert f"about {expected.fewest} held-out survey questions" in line
     mdd = min_detectable_difference(expected.fewest)
