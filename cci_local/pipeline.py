@@ -313,12 +313,10 @@ def _generate(db, state, outcome) -> bool:
         CrossOptions,
         GenerateError,
         TemplateOptions,
-        cross_instruct,
         template_pairs,
     )
-    from .generate.survey_size import forecast, reach
+    from .generate.survey_size import generate_sized
     from .llm import BackendError, UnknownModel, default_model, get_backend
-    from .llm.cache import identity
 
     names, options, log = state["names"], state["options"], state["log"]
     templates = template_pairs(db, names, TemplateOptions(seed=options.seed))
@@ -331,14 +329,10 @@ def _generate(db, state, outcome) -> bool:
         log(f"note: {teacher.describe()} is a remote model: the documents shown to it leave "
             "this machine")
     cross = CrossOptions(max_rows=options.max_rows, seed=options.seed)
-    reached = None
     try:
-        log("note: " + forecast(db, names, cross, cross.settings(identity(db, teacher), names),
-                                options.survey_questions).line())
-        rep = cross_instruct(db, names, teacher, cross, progress=state["progress"])
-        if options.survey_questions and not rep.unfinished:
-            reached = reach(db, names, teacher, cross, options.survey_questions,
-                            progress=state["progress"])
+        _, rep, reached = generate_sized(db, names, teacher, cross, options.survey_questions,
+                                         progress=state["progress"],
+                                         log=lambda text: log("note: " + text))
     except (GenerateError, BackendError) as e:
         raise PipelineError(f"generate: {e}") from e
     finally:

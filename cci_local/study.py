@@ -125,10 +125,9 @@ class Study:
         ``options``: CrossOptions fields; ``teacher``: a model name or a Backend;
         ``log(text)``: the notes due before any call (the power forecast, a remote
         teacher)."""
-        from .generate import CrossOptions, cross_instruct
-        from .generate.survey_size import forecast, reach
+        from .generate import CrossOptions
+        from .generate.survey_size import generate_sized
         from .llm import default_model, get_backend
-        from .llm.cache import identity
 
         given, extra = _split(CrossOptions, options)
         _refuse("generate", extra)
@@ -141,15 +140,8 @@ class Study:
             if backend.remote:
                 log(f"{backend.describe()} is a remote model: the documents shown to it "
                     "leave this machine")
-            expected = forecast(self.db, names, cross,
-                                cross.settings(identity(self.db, backend), names),
-                                survey_questions)
-            log(expected.line())
-            report = cross_instruct(self.db, names, backend, cross, progress=progress)
-            reached = None
-            if survey_questions and not report.unfinished:
-                reached = reach(self.db, names, backend, cross, survey_questions,
-                                progress=progress)
+            expected, report, reached = generate_sized(
+                self.db, names, backend, cross, survey_questions, progress=progress, log=log)
         finally:
             if backend is not teacher:
                 backend.close()

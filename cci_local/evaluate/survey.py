@@ -198,18 +198,19 @@ def administer(db: sqlite_utils.Database, respondent: str, backend: Backend, ite
     todo = [item for item in items if item.key not in done]
     questions, owner = [], []
     for n, item in enumerate(todo):
-        for shown, back in orders(item.options, permute):
+        shifts = orders(item.options, permute)
+        for shown, back in shifts:
             questions.append((question_messages(item.question, shown, persona=persona,
                                                 template=template), shown))
-            owner.append((n, back))
+            owner.append((n, back, len(shifts)))
     parts: dict[int, list] = {}
     # Each answer is stored as it comes; a model in this process is asked one at a time.
     for i, answer in ask_many(db, backend, questions, scoring=scoring, samples=samples,
                               parallel=parallel):
-        n, back = owner[i]
+        n, back, count = owner[i]
         item = todo[n]
         parts.setdefault(n, []).append((answer, back))
-        if len(parts[n]) < len(orders(item.options, permute)):
+        if len(parts[n]) < count:
             continue
         if len(parts[n]) > 1:  # summed over the orders, by original option
             total = dict.fromkeys(item.options, 0.0)

@@ -176,3 +176,22 @@ def reach(db: sqlite_utils.Database, names: list[str], teacher, options: CrossOp
             "repeats itself there): fit topics with smaller chunks for more rows (`cci-local "
             "topics --chunk-docs`), or use a stronger teacher")
     return result
+
+
+def generate_sized(db: sqlite_utils.Database, names: list[str], teacher, options: CrossOptions,
+                   target: int | None = None, *, progress=None,
+                   log: Callable[[str], None] | None = None):
+    """The generate stage as `generate` and `run` both do it: the power forecast said
+    (``log``) before any call, every chunk row to the teacher, then with ``target`` the
+    survey-only passes.  Returns (forecast, the teacher's report, Reached or None)."""
+    from ..llm.cache import identity
+
+    expected = forecast(db, names, options, options.settings(identity(db, teacher), names),
+                        target)
+    if log:
+        log(expected.line())
+    report = cross_instruct(db, names, teacher, options, progress=progress)
+    reached = None
+    if target and not report.unfinished:
+        reached = reach(db, names, teacher, options, target, progress=progress)
+    return expected, report, reached
